@@ -1,0 +1,345 @@
+"""The fs-consent command line (click): one small command per task over a shared context."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .output import FORMATS, render
+from .scenarios import SCENARIO_NAMES
+
+log = logging.getLogger("fs_consent")
+
+
+class Context:
+    """Loads the configuration once, opens the ledger on demand."""
+
+    def __init__(self, config_path: Path | None, data_dir: Path | None):
+        self.config_path, self.data_dir = config_path, data_dir
+        self._config = None
+        self._db_open = False
+
+    def config(self, **overrides):
+        from .config import ConfigError, load_config
+
+        if self._config is None or overrides:
+            try:
+                self._config = load_config(self.config_path, data_dir=self.data_dir, **overrides)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._config
+
+    def ledger(self):
+        from . import ledger
+
+        if not self._db_open:
+            ledger.open_database(self.config().storage.database)
+            self._db_open = True
+        return ledger
+
+    def vault(self):
+        from . import keys
+        from .vault import Vault
+
+        storage = self.config().storage
+        return Vault(Path(storage.store_dir), keys.load_recipients(Path(storage.keys_dir)), workers=0)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                             help="Output format.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="FS_CONSENT_CONFIG",
+              help="TOML config file (env FS_CONSENT_CONFIG). Without one, embedded defaults apply.")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="FS_CONSENT_DATA_DIR",
+              help="Data directory: database, keys, store, spool (env FS_CONSENT_DATA_DIR).")
+@click.version_option(__version__, prog_name="fs-consent")
+@click.pass_context
+def main(click_ctx, config_path, data_dir):
+    """fs-consent: ask every caller for recording consent, record only with it,
+    delete on withdrawal, encrypt every recording at rest.
+
+    Start with `fs-consent serve`, then `fs-consent simulate` to see calls go through.
+    """
+    click_ctx.obj = Context(config_path, data_dir)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+# --- serve --------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--listen", metavar="HOST:PORT", help="Address FreeSWITCH connects to (default 127.0.0.1:8040).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="Overrides logging.level from the config.")
+@pass_ctx
+def serve(ctx: Context, listen, log_level):
+    """Run the ESL server that FreeSWITCH's `socket` application connects to.
+
+    With no config it runs on embedded defaults: SQLite and keys in the data dir,
+    keys generated on first start. SIGTERM drains live calls, then stops.
+    """
+    from .server import ConsentServer
+
+    config = ctx.config(**({"listen": listen} if listen else {}))
+    setup_logging(log_level or config.logging.level)
+    server = ConsentServer(config, announce=lambda m: click.echo(m, err=True))
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
+    except Exception as exc:  # keys, permissions, database: one clear line
+        raise click.ClickException(str(exc)) from None
+    host, port = server.address
+    click.echo(f"fs-consent listening on {host}:{port} (data dir {config.storage.data_dir})", err=True)
+    server.run_until_signalled()
+
+
+# --- keys ---------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group():
+    """Encryption keys: the age identity/recipients and the field-protection key."""
+
+
+@keys_group.command("init")
+@click.option("--force", is_flag=True, help="Replace existing key files (old recordings then need the old identity).")
+@pass_ctx
+def keys_init(ctx: Context, force):
+    """Create keys/identity.txt (0600), keys/recipients.txt and keys/field.key in the data dir."""
+    from . import keys
+
+    keys_dir = Path(ctx.config().storage.keys_dir)
+    try:
+        created = keys.init_keys(keys_dir, force=force)
+    except keys.KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in created.describe():
+        click.echo(line)
+
+
+# --- calls and recordings -----------------------------------------------------
+
+
+def call_row(call) -> dict:
+    recording = call.recordings.order_by(call.recordings.model.started_at.desc()).first()
+    return {
+        "uuid": call.uuid, "outcome": call.outcome, "decided_by": call.decided_by,
+        "withdrawn_by": call.withdrawn_by, "recording_id": recording.id if recording else None,
+        "recording_state": recording.state if recording else None,
+        "started_at": call.started_at, "ended_at": call.ended_at,
+        "duration_seconds": call.duration_seconds, "wait_seconds": call.wait_seconds,
+        "consent_mode": call.consent_mode, "language": call.language, "prompt_id": call.prompt_id,
+        "prompt_version": call.prompt_version, "hangup_cause": call.hangup_cause,
+        "recording_note": call.recording_note,
+    }
+
+
+def recording_row(rec, vault) -> dict:
+    from .ledger import SEALED
+
+    return {
+        "id": rec.id, "call_uuid": rec.call.uuid, "state": rec.state, "state_reason": rec.state_reason,
+        "path": str(vault.path_for(rec.id)) if rec.state == SEALED else None,
+        "size": rec.size, "sha256": rec.sha256, "started_at": rec.started_at,
+        "sealed_at": rec.sealed_at, "deleted_at": rec.deleted_at,
+    }
+
+
+@main.group("calls")
+def calls_group():
+    """The call ledger: one row per call with its consent outcome."""
+
+
+@calls_group.command("list")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--outcome", type=click.Choice(["granted", "refused", "withdrawn", "abandoned", "error"]))
+@format_option
+@pass_ctx
+def calls_list(ctx: Context, limit, outcome, fmt):
+    """List the most recent calls (no phone numbers are shown)."""
+    ledger = ctx.ledger()
+    query = ledger.Call.select().order_by(ledger.Call.started_at.desc()).limit(limit)
+    if outcome:
+        query = query.where(ledger.Call.outcome == outcome)
+    click.echo(render([call_row(c) for c in query], fmt))
+
+
+@calls_group.command("show")
+@click.argument("call_uuid")
+@format_option
+@pass_ctx
+def calls_show(ctx: Context, call_uuid, fmt):
+    """Show one call, with its consent history."""
+    ledger = ctx.ledger()
+    call = ledger.Call.get_or_none(ledger.Call.uuid == call_uuid)
+    if call is None:
+        raise click.ClickException(f"no call with uuid {call_uuid}")
+    row = call_row(call)
+    row["history"] = "; ".join(f"{e.at.isoformat(timespec='seconds')}Z {e.kind} {e.outcome} by {e.by}"
+                                for e in call.consent_events.order_by(ledger.ConsentEvent.at))
+    click.echo(render([row], fmt, single=True))
+
+
+@main.group("recordings")
+def recordings_group():
+    """Encrypted recordings: list, show, export (decrypt, audited)."""
+
+
+@recordings_group.command("list")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--state", type=click.Choice(["recording", "sealed", "deleted", "discarded", "failed"]))
+@format_option
+@pass_ctx
+def recordings_list(ctx: Context, limit, state, fmt):
+    """List recordings, newest first."""
+    ledger = ctx.ledger()
+    query = ledger.Recording.select().order_by(ledger.Recording.started_at.desc()).limit(limit)
+    if state:
+        query = query.where(ledger.Recording.state == state)
+    vault = ctx.vault()
+    click.echo(render([recording_row(r, vault) for r in query], fmt))
+
+
+def get_recording(ledger, recording_id):
+    rec = ledger.Recording.get_or_none(ledger.Recording.id == recording_id)
+    if rec is None:
+        raise click.ClickException(f"no recording with id {recording_id}")
+    return rec
+
+
+@recordings_group.command("show")
+@click.argument("recording_id")
+@format_option
+@pass_ctx
+def recordings_show(ctx: Context, recording_id, fmt):
+    """Show one recording."""
+    ledger = ctx.ledger()
+    click.echo(render([recording_row(get_recording(ledger, recording_id), ctx.vault())], fmt, single=True))
+
+
+@recordings_group.command("export")
+@click.argument("recording_id")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Where to write the decrypted WAV (must not exist).")
+@click.option("--identity", type=click.Path(path_type=Path, exists=True),
+              help="age identity file (default: keys/identity.txt in the data dir).")
+@pass_ctx
+def recordings_export(ctx: Context, recording_id, out, identity):
+    """Decrypt a sealed recording to a WAV file (mode 0600). The export is audited."""
+    from . import keys
+    from .vault import VaultError
+
+    ledger = ctx.ledger()
+    rec = get_recording(ledger, recording_id)
+    if rec.state != ledger.SEALED:
+        raise click.ClickException(f"recording {recording_id} is {rec.state}, not sealed: nothing to export")
+    if out.exists():
+        raise click.ClickException(f"{out} exists; refusing to overwrite")
+    try:
+        key = keys.load_identity(Path(ctx.config().storage.keys_dir), identity)
+        digest = ctx.vault().decrypt_to(recording_id, key, out)
+    except (keys.KeyFileError, VaultError) as exc:
+        raise click.ClickException(str(exc)) from None
+    ledger.append_audit(ledger.os_user(), "recording.export", "recording", recording_id, sha256=digest,
+                        out=str(out.resolve()))
+    click.echo(f"wrote {out} (sha256 {digest})")
+
+
+# --- withdraw -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("call_uuid")
+@pass_ctx
+def withdraw(ctx: Context, call_uuid):
+    """Withdraw consent for a call: stop and delete its recording, live or ended.
+
+    Reaches the running server through its control socket (acts within a second on
+    a live call); with no server running it deletes an ended call's recording itself.
+    """
+    from .control import ControlError, request
+    from .ledger import os_user
+
+    config = ctx.config()
+    socket_path = Path(config.storage.data_dir) / "control.sock"
+    try:
+        reply = request(socket_path, {"op": "withdraw", "call_uuid": call_uuid, "actor": os_user()})
+    except ControlError as exc:
+        if "not running" not in str(exc):
+            raise click.ClickException(str(exc)) from None
+        reply = withdraw_offline(ctx, call_uuid)
+    if not reply.get("ok"):
+        raise click.ClickException(reply.get("error", "withdrawal failed"))
+    where = "live call" if reply.get("live") else "ended call"
+    deleted = reply.get("deleted")
+    suffix = f"; deleted recordings: {', '.join(deleted) or 'none'}" if deleted is not None else ""
+    click.echo(f"withdrawn: {where} {call_uuid}{suffix}")
+
+
+def withdraw_offline(ctx: Context, call_uuid: str) -> dict:
+    from . import consent
+    from .withdrawal import withdraw_ended_call
+
+    ledger = ctx.ledger()
+    call = ledger.Call.get_or_none(ledger.Call.uuid == call_uuid)
+    if call is None:
+        return {"ok": False, "error": f"unknown call {call_uuid}"}
+    with ledger.database.atomic():
+        deleted = withdraw_ended_call(call, by=consent.BY_COMMAND, actor=ledger.os_user(),
+                                      spool_dir=Path(ctx.config().storage.spool_dir), vault=ctx.vault())
+    return {"ok": True, "live": False, "deleted": deleted}
+
+
+# --- simulate -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--calls", "n_calls", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--scenario", type=click.Choice(["mix", *SCENARIO_NAMES]),
+              default="mix", show_default=True, help="What the emulated callers do.")
+@click.option("--server", "server_addr", metavar="HOST:PORT", help="The running server (default: the config's listen).")
+@click.option("--time-scale", type=click.FloatRange(0.01), default=1.0, show_default=True,
+              help="Multiply every caller delay (talk time, key presses) by this.")
+@format_option
+@pass_ctx
+def simulate(ctx: Context, n_calls, concurrency, scenario, server_addr, time_scale, fmt):
+    """Drive a running server with emulated FreeSWITCH calls and summarise what happened."""
+    from .scenarios import run_simulation
+    from .server import parse_listen
+
+    config = ctx.config()
+    host, port = parse_listen(server_addr or config.server.listen)
+    summary = run_simulation(host, port, spool_dir=Path(config.storage.spool_dir), calls=n_calls,
+                             concurrency=concurrency, scenario=scenario, time_scale=time_scale,
+                             opt_in=config.consent.mode == "opt-in")
+    click.echo(render(summary.rows(), fmt))
+    click.echo(summary.footer(), err=fmt != "table")
+    for error in summary.errors[:20]:
+        click.echo(f"error: {error}", err=True)
+    if summary.errors or sum(summary.mismatches.values()):
+        sys.exit(1)
+
+
+@main.command("config")
+@pass_ctx
+def config_show(ctx: Context):
+    """Show the effective configuration (defaults, file, environment)."""
+    for key, value in ctx.config().describe():
+        click.echo(f"{key} = {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,405 @@
+"""One call over outbound ESL: frames in, consent events, commands out.
+
+The driver is the only code that touches the call's socket and timers. It reads
+frames with ``esl.FrameParser``, turns them into ``consent`` events, and performs
+the machine's commands: ESL writes, ledger writes (through the write-behind
+queue), spool and vault operations.
+
+Fail open for the call, fail closed for the recording: any exception while
+handling an event becomes ``consent.Failed``, which stops and deletes the
+recording and still sends the caller on into the menu.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gevent
+import gevent.event
+import gevent.lock
+
+from . import consent, esl, ledger
+from .consent import (
+    CancelTimer,
+    Decide,
+    DeleteRecording,
+    Execute,
+    Finish,
+    MaskRecording,
+    PlayToCaller,
+    RecordingDiscarded,
+    SealRecording,
+    SetVariable,
+    StartRecording,
+    StartTimer,
+    StopRecording,
+    WithdrawEarlierCalls,
+)
+from .ledger import Call, ConsentEvent, Recording
+from .spool import recording_path
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+EXIT_GRACE_S = 5.0  # after 'exit', FreeSWITCH closes at once; do not wait longer than this
+
+
+class SessionGone(Exception):
+    """The socket closed."""
+
+
+@dataclass
+class CallFacts:
+    """What the ledger learns about the call besides consent."""
+
+    uuid: str
+    started_at: dt.datetime
+    caller_hash: str | None = None
+    caller_sealed: bytes | None = None
+    answered_at: dt.datetime | None = None
+    bridged_at: dt.datetime | None = None
+    hangup_cause: str | None = None
+
+
+@dataclass
+class CallSession:
+    """Drives one FreeSWITCH outbound connection from handshake to ``exit``."""
+
+    sock: object
+    ctx: object  # server.ServerContext
+    facts: CallFacts | None = None
+    machine: consent.ConsentCall | None = None
+    _parser: esl.FrameParser = field(default_factory=esl.FrameParser)
+    _pending: list = field(default_factory=list)  # reply callbacks, FIFO
+    _apps: dict = field(default_factory=dict)  # Event-UUID -> machine tag
+    _timers: dict = field(default_factory=dict)
+    _deleted: set = field(default_factory=set)  # recording ids withdrawn in this call
+    _backlog: list = field(default_factory=list)  # frames read with the handshake's last reply
+    _lock: gevent.lock.RLock = field(default_factory=gevent.lock.RLock)
+    _finished: bool = False
+    _lingering: bool = False
+    _exit_sent: bool = False
+    _closed: bool = False
+
+    # --- socket ---------------------------------------------------------------
+
+    def _send(self, data: bytes, on_reply=None) -> None:
+        if self._closed:
+            return
+        self._pending.append(on_reply)
+        self.sock.sendall(data)
+
+    def _read_messages(self) -> list[esl.Message]:
+        while True:
+            data = self.sock.recv(READ_SIZE)
+            if not data:
+                raise SessionGone()
+            messages = self._parser.feed(data)
+            if messages:
+                return messages
+
+    def _read_one(self, timeout: float) -> esl.Message:
+        """Used during the handshake only, where replies come one at a time."""
+        with gevent.Timeout(timeout, SessionGone("handshake timeout")):
+            while not self._backlog:
+                self._backlog = self._read_messages()
+            return self._backlog.pop(0)
+
+    # --- life cycle -----------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._handshake()
+        except (SessionGone, esl.ProtocolError, OSError) as exc:
+            log.warning("call dropped during handshake: %s", type(exc).__name__)
+            self._close()
+            return
+        self.ctx.registry[self.facts.uuid] = self
+        try:
+            self._feed(consent.CallStarted(can_record=self.ctx.vault_ready, objection=False))
+            backlog, self._backlog = self._backlog, []
+            for msg in backlog:
+                self._dispatch(msg)
+            while not self._closed:
+                for msg in self._read_messages():
+                    self._dispatch(msg)
+        except (SessionGone, OSError):
+            pass
+        except esl.ProtocolError as exc:
+            log.warning("call %s: malformed frame from FreeSWITCH (%s)", self.facts.uuid, exc)
+            self._feed(consent.Failed("protocol"))
+        finally:
+            self._feed(consent.Disconnected())
+            self._close()
+            self.ctx.registry.pop(self.facts.uuid, None)
+
+    def _handshake(self) -> None:
+        timeout = self.ctx.config.server.handshake_timeout
+        self.sock.sendall(esl.encode_command("connect"))
+        reply = self._read_one(timeout)
+        channel_uuid = reply.headers.get("Unique-ID")
+        if reply.content_type != "command/reply" or not channel_uuid:
+            raise esl.ProtocolError("connect reply without Unique-ID")
+        self.facts = CallFacts(uuid=channel_uuid, started_at=ledger.utcnow())
+        self._protect_caller(reply.headers.get("Caller-Caller-ID-Number", ""))
+        for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP"):
+            self.sock.sendall(esl.encode_command(line))
+            answer = self._read_one(timeout)
+            if not (answer.reply_text or "").startswith("+OK"):
+                raise esl.ProtocolError(f"'{line}' was refused")
+        self.machine = consent.ConsentCall(policy=self.ctx.policy, recording_id=uuidlib.uuid4().hex)
+        facts, policy, ctx = self.facts, self.ctx.policy, self.ctx
+        self.ctx.writer.submit(lambda: Call.create(
+            uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
+            language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
+            caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed,
+            recording_note=None if ctx.vault_ready else "no-recipient",
+        ))
+
+    def _protect_caller(self, number: str) -> None:
+        from .protect import normalise_phone
+
+        try:
+            normalised = normalise_phone(number)
+        except ValueError:
+            normalised = ""
+        if normalised:
+            self.facts.caller_hash = self.ctx.protector.lookup_hash("phone", normalised)
+            self.facts.caller_sealed = self.ctx.protector.seal("phone", number)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for timer in self._timers.values():
+            timer.kill(block=False)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # --- inbound frames -------------------------------------------------------
+
+    def _dispatch(self, msg: esl.Message) -> None:
+        ctype = msg.content_type
+        if ctype in ("command/reply", "api/response"):
+            callback = self._pending.pop(0) if self._pending else None
+            if callback is not None:
+                callback(msg)
+        elif ctype == "text/event-plain":
+            self._on_event(msg.event())
+        elif ctype == "text/disconnect-notice":
+            if msg.headers.get("Content-Disposition") == "linger":
+                self._lingering = True
+                self._feed(consent.Disconnected())
+                self._maybe_exit()
+            else:
+                self._feed(consent.Disconnected())
+                self._close()
+
+    def _on_event(self, ev: esl.Event) -> None:
+        name = ev.name
+        if ev.get("Unique-ID") not in (None, self.facts.uuid):
+            return  # another leg's event (the agent's DTMF must not count as the caller's)
+        if name == "CHANNEL_EXECUTE_COMPLETE":
+            tag = self._apps.pop(ev.get("Application-UUID", ""), None)
+            if tag is None:
+                return
+            if tag.startswith("prompt"):
+                digit = ev.get(f"variable_{consent.PROMPT_VARIABLE}")
+                if ev.get("variable_read_result") != "success":
+                    digit = None
+                self._feed(consent.PromptAnswered(tag, digit))
+            else:
+                self._feed(consent.AppCompleted(tag))
+        elif name == "CHANNEL_EXECUTE":
+            marker = f"{consent.AGENT_MARKER_VARIABLE}={consent.AGENT_MARKER_VALUE}"
+            if ev.get("Application") == "set" and ev.get("Application-Data") == marker:
+                self._feed(consent.AgentWithdraw())
+        elif name == "DTMF":
+            digit = ev.get("DTMF-Digit")
+            if digit:
+                self._feed(consent.CallerDigit(digit))
+        elif name in ("RECORD_START", "RECORD_STOP"):
+            rid = self._recording_id_of(ev.get("Record-File-Path", ""))
+            if rid is None:
+                return
+            if name == "RECORD_START":
+                self._feed(consent.RecordStarted(rid))
+            else:
+                discarded = ev.get("variable_RECORD_DISCARDED") == "true"
+                self._feed(consent.RecordStopped(rid, discarded))
+        elif name == "CHANNEL_ANSWER":
+            self._fact(answered_at=ledger.utcnow())
+        elif name == "CHANNEL_BRIDGE":
+            if self.facts.bridged_at is None:
+                self._fact(bridged_at=ledger.utcnow())
+        elif name == "CHANNEL_HOLD":
+            self._feed(consent.Held())
+        elif name == "CHANNEL_UNHOLD":
+            self._feed(consent.Unheld())
+        elif name == "CHANNEL_HANGUP":
+            self.facts.hangup_cause = ev.get("Hangup-Cause")
+            self._feed(consent.HungUp(self.facts.hangup_cause or ""))
+
+    def _recording_id_of(self, path: str) -> str | None:
+        rid = Path(path).stem
+        if self.machine and rid == self.machine.recording_id:
+            return rid
+        return None
+
+    def _fact(self, **changes) -> None:
+        for key, value in changes.items():
+            setattr(self.facts, key, value)
+        call_uuid = self.facts.uuid
+        self.ctx.writer.submit(lambda: Call.update(**changes).where(Call.uuid == call_uuid).execute())
+
+    # --- the machine ----------------------------------------------------------
+
+    def _feed(self, event) -> None:
+        """Run one event through the machine and perform its commands; never raises."""
+        if self.machine is None:
+            return
+        with self._lock:
+            try:
+                commands = self.machine.handle(event)
+                for command in commands:
+                    self._perform(command)
+            except Exception as exc:  # noqa: BLE001 - fail closed, keep the call
+                if isinstance(event, consent.Failed):
+                    log.error("call %s: failure handling failed (%s)", self.facts.uuid, type(exc).__name__)
+                    return
+                log.error("call %s: %s while handling %s; failing closed",
+                          self.facts.uuid, type(exc).__name__, type(event).__name__)
+                self._feed(consent.Failed(type(exc).__name__))
+
+    def shutdown(self, wait: float = 2.0) -> None:
+        """Server stopping with this call still live: close the recording, seal it, let go.
+
+        FreeSWITCH closes the file before it answers ``uuid_record stop``, so once the
+        reply is in, what was recorded with consent can be sealed.
+        """
+        if self.machine is not None and self.machine.rec in (consent.Rec.STARTING, consent.Rec.ACTIVE):
+            stopped = gevent.event.Event()
+            path = self._path(self.machine.recording_id)
+            with self._lock:
+                self._api(f"uuid_record {self.facts.uuid} stop {path}", lambda _msg: stopped.set())
+            stopped.wait(wait)
+        self._feed(consent.Disconnected())
+        self._close()
+
+    def withdraw(self, by: str = consent.BY_COMMAND) -> str:
+        """Withdraw consent from another greenlet (control socket, callback). Returns the outcome."""
+        self._feed(consent.WithdrawRequested(by))
+        return self.machine.outcome or ""
+
+    def _perform(self, command) -> None:
+        handler = getattr(self, "_do_" + type(command).__name__)
+        handler(command)
+
+    def _path(self, recording_id: str) -> Path:
+        return recording_path(self.ctx.spool_dir, recording_id)
+
+    def _api(self, command: str, on_reply=None) -> None:
+        self._send(esl.encode_api(command), on_reply)
+
+    def _do_Execute(self, cmd: Execute) -> None:
+        event_uuid = str(uuidlib.uuid4())
+        self._apps[event_uuid] = cmd.tag
+        self._send(esl.encode_execute(cmd.app, cmd.arg, event_uuid=event_uuid))
+
+    def _do_SetVariable(self, cmd: SetVariable) -> None:
+        self._api(f"uuid_setvar {self.facts.uuid} {cmd.name} {cmd.value}")
+
+    def _do_StartRecording(self, cmd: StartRecording) -> None:
+        self._do_Execute(Execute("record_session", str(self._path(cmd.recording_id)), cmd.tag))
+        call_uuid, rid, now = self.facts.uuid, cmd.recording_id, ledger.utcnow()
+        self.ctx.writer.submit(lambda: Recording.create(
+            id=rid, call=Call.get(Call.uuid == call_uuid), state=ledger.RECORDING, started_at=now))
+
+    def _do_StopRecording(self, cmd: StopRecording) -> None:
+        path = self._path(cmd.recording_id)
+        # the reply comes after FreeSWITCH closed the file: unlink again then if withdrawn
+        self._api(f"uuid_record {self.facts.uuid} stop {path}",
+                  lambda _msg: path.unlink(missing_ok=True) if cmd.recording_id in self._deleted else None)
+
+    def _do_MaskRecording(self, cmd: MaskRecording) -> None:
+        verb = "mask" if cmd.masked else "unmask"
+        self._api(f"uuid_record {self.facts.uuid} {verb} {self._path(cmd.recording_id)}")
+
+    def _do_DeleteRecording(self, cmd: DeleteRecording) -> None:
+        rid = cmd.recording_id
+        self._deleted.add(rid)
+        self._path(rid).unlink(missing_ok=True)
+        self.ctx.vault.delete(rid)
+        now, reason = ledger.utcnow(), cmd.reason
+
+        def write():
+            Recording.update(state=ledger.DELETED, state_reason=reason, deleted_at=now).where(
+                Recording.id == rid).execute()
+            ledger.append_audit("server", "recording.delete", "recording", rid, reason=reason)
+
+        self.ctx.writer.submit(write)
+
+    def _do_SealRecording(self, cmd: SealRecording) -> None:
+        self.ctx.seal_later(cmd.recording_id, self._deleted)
+
+    def _do_RecordingDiscarded(self, cmd: RecordingDiscarded) -> None:
+        rid = cmd.recording_id
+        self._path(rid).unlink(missing_ok=True)
+        self.ctx.writer.submit(lambda: Recording.update(
+            state=ledger.DISCARDED, state_reason="no-audio").where(Recording.id == rid).execute())
+
+    def _do_PlayToCaller(self, cmd: PlayToCaller) -> None:
+        self._api(f"uuid_broadcast {self.facts.uuid} {cmd.file} aleg")
+
+    def _do_Decide(self, cmd: Decide) -> None:
+        call_uuid, now = self.facts.uuid, ledger.utcnow()
+        withdrawal = cmd.outcome == consent.WITHDRAWN and self.machine.withdrawn
+
+        def write():
+            call = Call.get(Call.uuid == call_uuid)
+            call.outcome = cmd.outcome
+            if withdrawal:
+                call.withdrawn_by, call.withdrawn_at = cmd.by, now
+            else:
+                call.decided_by, call.decided_at = cmd.by, now
+            call.save()
+            kind = "withdrawal" if withdrawal else "decision"
+            ConsentEvent.create(call=call, at=now, kind=kind, outcome=cmd.outcome, by=cmd.by)
+            ledger.append_audit("server", f"consent.{kind}", "call", call_uuid, outcome=cmd.outcome, by=cmd.by)
+
+        self.ctx.writer.submit(write)
+
+    def _do_WithdrawEarlierCalls(self, cmd: WithdrawEarlierCalls) -> None:
+        if self.facts.caller_hash:
+            gevent.spawn(self.ctx.callback_withdrawal, self.facts.caller_hash, self.facts.uuid)
+
+    def _do_StartTimer(self, cmd: StartTimer) -> None:
+        self._timers[cmd.name] = gevent.spawn_later(cmd.seconds, self._feed, consent.TimerFired(cmd.name))
+
+    def _do_CancelTimer(self, cmd: CancelTimer) -> None:
+        timer = self._timers.pop(cmd.name, None)
+        if timer is not None:
+            timer.kill(block=False)
+
+    def _do_Finish(self, cmd: Finish) -> None:
+        self._finished = True
+        facts, now = self.facts, ledger.utcnow()
+        since = facts.answered_at or facts.started_at
+        wait = (facts.bridged_at - facts.answered_at).total_seconds() if facts.bridged_at and facts.answered_at else None
+        self.ctx.writer.submit(lambda: Call.update(
+            ended_at=now, duration_seconds=(now - since).total_seconds(), wait_seconds=wait,
+            hangup_cause=facts.hangup_cause).where(Call.uuid == facts.uuid).execute())
+        self._maybe_exit()
+
+    def _maybe_exit(self) -> None:
+        """With linger, FreeSWITCH holds the session until we say ``exit``: say it once we are done."""
+        if self._finished and self._lingering and not self._exit_sent:
+            self._exit_sent = True
+            self._send(esl.encode_command("exit"))
+            self._timers["exit"] = gevent.spawn_later(EXIT_GRACE_S, self._close)

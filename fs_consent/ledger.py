@@ -1,0 +1,248 @@
+"""The call ledger: calls, recordings, consent events and the audit trail (peewee).
+
+SQLite in WAL mode is the embedded default; any ``playhouse.db_url`` URL selects
+another engine. Personal fields are stored only as a keyed hash (look-up) plus an
+AEAD-sealed value (see ``protect.py``); nothing here ever logs them.
+
+Under gevent the server writes through ``LedgerWriter``: one greenlet runs every
+queued write of a moment in one short transaction, so hundreds of calls do not
+each wait on SQLite, and no transaction is ever held across network I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from peewee import (
+    AutoField,
+    BlobField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+)
+from playhouse.db_url import connect as connect_url
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+database = DatabaseProxy()
+
+# recording states
+RECORDING = "recording"
+SEALED = "sealed"
+DELETED = "deleted"
+DISCARDED = "discarded"  # FreeSWITCH wrote no audio (the caller never reached staff)
+FAILED = "failed"  # sealing failed; the plaintext stays in the spool for recovery
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Meta(BaseModel):
+    key = CharField(primary_key=True)
+    value = TextField()
+
+
+class Call(BaseModel):
+    uuid = CharField(unique=True, max_length=64)
+    started_at = DateTimeField()
+    answered_at = DateTimeField(null=True)
+    bridged_at = DateTimeField(null=True)
+    ended_at = DateTimeField(null=True, index=True)
+    wait_seconds = FloatField(null=True)  # answer -> first bridge with staff
+    duration_seconds = FloatField(null=True)  # answer (or start) -> end
+    outcome = CharField(null=True, index=True)  # consent.OUTCOMES, None while undecided
+    decided_by = CharField(null=True)
+    decided_at = DateTimeField(null=True)
+    withdrawn_by = CharField(null=True)
+    withdrawn_at = DateTimeField(null=True)
+    consent_mode = CharField()
+    language = CharField()
+    prompt_id = CharField()
+    prompt_version = CharField()
+    caller_hash = CharField(null=True, index=True)
+    caller_sealed = BlobField(null=True)
+    hangup_cause = CharField(null=True)
+    recording_note = CharField(null=True)  # why a granted call has no recording (e.g. no-recipient)
+
+
+class Recording(BaseModel):
+    id = CharField(primary_key=True, max_length=32)  # uuid4 hex, also the file name
+    call = ForeignKeyField(Call, backref="recordings", on_delete="CASCADE")
+    state = CharField(index=True)
+    state_reason = CharField(null=True)
+    started_at = DateTimeField()
+    sealed_at = DateTimeField(null=True)
+    deleted_at = DateTimeField(null=True)
+    size = IntegerField(null=True)
+    sha256 = CharField(null=True)
+
+
+class ConsentEvent(BaseModel):
+    """Every decision and withdrawal, as it happened, for the call's history."""
+
+    call = ForeignKeyField(Call, backref="consent_events", on_delete="CASCADE")
+    at = DateTimeField()
+    kind = CharField()  # decision | withdrawal
+    outcome = CharField()
+    by = CharField()
+
+
+class AuditEntry(BaseModel):
+    """Append-only, hash-chained: ``hash = sha256(prev_hash + canonical entry)``."""
+
+    seq = AutoField()
+    at = DateTimeField()
+    actor = CharField()  # "server" or the OS user
+    action = CharField()
+    object_type = CharField()
+    object_id = CharField()
+    detail = TextField()  # JSON, pseudonymous ids only
+    prev_hash = CharField()
+    hash = CharField()
+
+
+MODELS = [Meta, Call, Recording, ConsentEvent, AuditEntry]
+GENESIS_HASH = "0" * 64
+
+
+def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, object_type: str,
+                 object_id: str, detail: str) -> str:
+    canonical = json.dumps([at.isoformat(), actor, action, object_type, object_id, detail],
+                           separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def open_database(url: str) -> None:
+    """Bind the models to ``url`` and create or check the schema."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = SqliteDatabase(
+            str(path),
+            lock_type="IMMEDIATE",  # writers queue at BEGIN, never fail on upgrade
+            pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1,
+                     "busy_timeout": 5000},
+        )
+        created = not path.exists()
+    else:
+        db = connect_url(url)
+        created = False
+    database.initialize(db)
+    db.connect(reuse_if_open=True)
+    if created:
+        os.chmod(path, 0o600)
+    with db.atomic():
+        db.create_tables(MODELS, safe=True)
+        row = Meta.get_or_none(Meta.key == "schema_version")
+        if row is None:
+            Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
+        elif int(row.value) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database has schema version {row.value}, newer than this fs-consent "
+                f"({SCHEMA_VERSION}); upgrade fs-consent"
+            )
+
+
+def close_database() -> None:
+    if database.obj is not None and not database.is_closed():
+        database.close()
+
+
+def append_audit(actor: str, action: str, object_type: str, object_id: str, **detail) -> AuditEntry:
+    """Append one audit entry, chained to the last one (call inside or outside a transaction)."""
+    detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
+    with database.atomic():
+        last = AuditEntry.select(AuditEntry.hash).order_by(AuditEntry.seq.desc()).first()
+        prev = last.hash if last else GENESIS_HASH
+        at = utcnow()
+        return AuditEntry.create(
+            at=at, actor=actor, action=action, object_type=object_type, object_id=object_id,
+            detail=detail_json, prev_hash=prev,
+            hash=entry_digest(prev, at, actor, action, object_type, object_id, detail_json),
+        )
+
+
+def os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return f"uid:{os.getuid()}"
+
+
+class LedgerWriter:
+    """Serialises writes from many greenlets into short batched transactions."""
+
+    def __init__(self, max_batch: int = 500):
+        import gevent.queue
+
+        self._queue: gevent.queue.Queue = gevent.queue.Queue()
+        self._max_batch = max_batch
+        self._greenlet = None
+
+    def start(self) -> None:
+        import gevent
+
+        self._greenlet = gevent.spawn(self._run)
+
+    def submit(self, write: Callable[[], object]) -> None:
+        """Queue a write; it runs soon, in order, in a transaction with its neighbours."""
+        self._queue.put(write)
+
+    def flush(self, timeout: float | None = 10.0) -> None:
+        """Wait until everything submitted so far is written."""
+        import gevent.event
+
+        done = gevent.event.Event()
+        self._queue.put(done.set)
+        done.wait(timeout)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self.flush()
+            self._greenlet.kill()
+            self._greenlet = None
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                with database.atomic():
+                    for write in batch:
+                        write()
+            except Exception:
+                log.exception("ledger batch failed; retrying its writes one by one")
+                for write in batch:
+                    try:
+                        with database.atomic():
+                            write()
+                    except Exception:
+                        log.exception("ledger write failed")

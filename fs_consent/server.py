@@ -1,0 +1,280 @@
+"""The fs-consent server: accepts FreeSWITCH's outbound connections, one CallSession each.
+
+Start-up order matters: keys and spool are checked, the database is opened, the
+seal workers start, plaintext left by a crash is sealed or deleted, and only then
+does the listener accept calls. SIGTERM stops accepting, lets live calls end within
+the drain period, stops what is still recording, and seals what must be sealed.
+
+Callers never lose a call because of us: a peer we refuse, or a call over the
+limit, is closed at once, and the dialplan's fallback sends it on unrecorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent.server import StreamServer
+
+from . import consent, keys, ledger, spool
+from .control import ControlServer
+from .driver import CallSession
+from .ledger import Call, Recording
+from .protect import FieldProtector
+from .vault import Vault, VaultError
+from .withdrawal import recent_recorded_calls, withdraw_ended_call
+
+log = logging.getLogger(__name__)
+
+
+def policy_from_config(config) -> consent.Policy:
+    c, r, m = config.consent, config.recording, config.menu
+    confirmation = c.confirmation_prompts.get(c.language) if c.confirm_withdrawal else None
+    return consent.Policy(
+        mode=c.mode, refuse_digit=c.refuse_digit, grant_digit=c.grant_digit,
+        timeout_ms=int(round(c.timeout * 1000)), tries=c.tries,
+        prompt_file=c.prompts[c.language]["file"],
+        withdraw_sequence=c.withdraw_sequence, agent_withdraw_key=c.agent_withdraw_key or None,
+        confirmation_file=confirmation, menu_app=m.app, menu_arg=m.arg,
+        stereo=r.stereo, bridge_only=r.bridge_only, mask_on_hold=r.mask_on_hold,
+        callback_withdrawal=c.callback_window > 0,
+    )
+
+
+@dataclass
+class ServerContext:
+    """Everything a CallSession needs, built once at start-up."""
+
+    config: object
+    announce: object = print  # first-start messages (generated keys), shown once
+    registry: dict = field(default_factory=dict)  # live calls: uuid -> CallSession
+    seals: gevent.pool.Group = field(default_factory=gevent.pool.Group)
+
+    def open(self) -> None:
+        s = self.config.storage
+        self.spool_dir: Path = Path(s.spool_dir)
+        for message in keys.ensure_keys(Path(s.keys_dir)):
+            self.announce(message)
+        identity = Path(s.keys_dir) / keys.IDENTITY_FILE
+        if identity.exists():
+            keys.check_private_file(identity)  # refuse to run next to a readable private key
+        self.protector = FieldProtector(keys.load_field_key(Path(s.keys_dir)))
+        recipients = keys.load_recipients(Path(s.keys_dir))
+        self.vault_ready = bool(recipients)
+        if not self.vault_ready:
+            log.error("no valid age recipient in %s: calls go on, nothing is recorded",
+                      Path(s.keys_dir) / keys.RECIPIENTS_FILE)
+        spool.prepare_spool(self.spool_dir)
+        ledger.open_database(s.database)
+        self.vault = Vault(Path(s.store_dir), recipients, workers=s.seal_workers)
+        self.vault.start()
+        self.writer = ledger.LedgerWriter()
+        self.writer.start()
+        self.policy = policy_from_config(self.config)
+        c = self.config.consent
+        prompt = c.prompts[c.language]
+        self.language, self.prompt_id, self.prompt_version = c.language, prompt["id"], prompt["version"]
+        self.callback_window = dt.timedelta(seconds=c.callback_window)
+
+    def close(self) -> None:
+        self.seals.join(timeout=self.config.server.drain_seconds)
+        self.writer.stop()
+        self.vault.stop()
+        ledger.close_database()
+
+    # --- recordings ---------------------------------------------------------------
+
+    def seal_later(self, recording_id: str, withdrawn: set) -> None:
+        """Seal in the background; a withdrawal that raced the seal still wins."""
+        self.seals.spawn(self._seal, recording_id, withdrawn)
+
+    def _seal(self, recording_id: str, withdrawn: set) -> None:
+        path = spool.recording_path(self.spool_dir, recording_id)
+        try:
+            sealed = self.vault.seal(path, recording_id)
+        except VaultError as exc:
+            state, reason = (ledger.FAILED, "seal-failed") if path.exists() else (ledger.DISCARDED, "no-file")
+            log.error("recording %s not sealed: %s", recording_id, type(exc).__name__)
+            self.writer.submit(lambda: Recording.update(state=state, state_reason=reason).where(
+                (Recording.id == recording_id) & (Recording.state == ledger.RECORDING)).execute())
+            return
+        if recording_id in withdrawn:
+            self.vault.delete(recording_id)
+            return
+        now = ledger.utcnow()
+
+        def write():
+            changed = Recording.update(
+                state=ledger.SEALED, sealed_at=now, size=sealed.size, sha256=sealed.sha256,
+            ).where((Recording.id == recording_id) & (Recording.state == ledger.RECORDING)).execute()
+            if not changed:  # deleted (withdrawn) while it was being sealed
+                self.vault.delete(recording_id)
+                return
+            ledger.append_audit("server", "recording.seal", "recording", recording_id,
+                                size=sealed.size, sha256=sealed.sha256)
+
+        self.writer.submit(write)
+
+    def recover_spool(self) -> spool.RecoveryReport:
+        """Seal or delete the plaintext a crash left, by the ledger's consent state."""
+
+        def decide(recording_id: str) -> str:
+            rec = Recording.get_or_none(Recording.id == recording_id)
+            keep = (rec is not None and rec.state in (ledger.RECORDING, ledger.FAILED)
+                    and rec.call.outcome == consent.GRANTED)
+            return "seal" if keep else "delete"
+
+        def seal(path: Path, recording_id: str) -> None:
+            sealed = self.vault.seal(path, recording_id)
+            Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=sealed.size,
+                             sha256=sealed.sha256).where(Recording.id == recording_id).execute()
+            ledger.append_audit("server", "recording.seal", "recording", recording_id, recovered=True)
+
+        report = spool.recover(self.spool_dir, decide, seal)
+        for recording_id in report.deleted:
+            Recording.update(state=ledger.DELETED, state_reason="recovery", deleted_at=ledger.utcnow()).where(
+                (Recording.id == recording_id) & (Recording.state != ledger.DELETED)).execute()
+            ledger.append_audit("server", "recording.delete", "recording", recording_id, reason="recovery")
+        # recordings the crash left unsettled whose file is gone
+        Recording.update(state=ledger.FAILED, state_reason="lost-in-crash").where(
+            Recording.state == ledger.RECORDING).execute()
+        Call.update(ended_at=ledger.utcnow(), hangup_cause="UNKNOWN_FS_CONSENT_RESTART").where(
+            Call.ended_at.is_null()).execute()
+        return report
+
+    # --- withdrawal ---------------------------------------------------------------
+
+    def callback_withdrawal(self, caller_hash: str, refusing_call_uuid: str) -> None:
+        """A refusal withdraws consent for the same number's recent recorded calls."""
+        for session in list(self.registry.values()):
+            if (session.facts.caller_hash == caller_hash and session.facts.uuid != refusing_call_uuid
+                    and session.machine.consent_holds):
+                session.withdraw(consent.BY_CALLBACK)
+
+        def write():
+            for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
+                if call.uuid not in self.registry:
+                    withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",
+                                        spool_dir=self.spool_dir, vault=self.vault)
+
+        self.writer.submit(write)
+
+    def handle_control(self, request: dict) -> dict:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, "live_calls": len(self.registry)}
+        if op != "withdraw":
+            return {"ok": False, "error": f"unknown operation {op!r}"}
+        call_uuid = str(request.get("call_uuid", ""))
+        actor = str(request.get("actor", "unknown"))
+        session = self.registry.get(call_uuid)
+        if session is not None:
+            outcome = session.withdraw(consent.BY_COMMAND)
+            self.writer.submit(lambda: ledger.append_audit(actor, "consent.withdraw.request", "call", call_uuid,
+                                                           live=True))
+            self.writer.flush()
+            return {"ok": True, "live": True, "outcome": outcome}
+        result = gevent.event.AsyncResult()
+
+        def write():
+            call = Call.get_or_none(Call.uuid == call_uuid)
+            if call is None:
+                result.set({"ok": False, "error": f"unknown call {call_uuid}"})
+                return
+            deleted = withdraw_ended_call(call, by=consent.BY_COMMAND, actor=actor,
+                                          spool_dir=self.spool_dir, vault=self.vault)
+            result.set({"ok": True, "live": False, "outcome": consent.WITHDRAWN, "deleted": deleted})
+
+        self.writer.submit(write)
+        return result.get(timeout=10)
+
+
+def parse_listen(listen) -> tuple[str, int]:
+    if isinstance(listen, tuple):
+        return listen
+    host, _, port = str(listen).rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ConsentServer:
+    """The listener, the control socket and the drain on shutdown."""
+
+    def __init__(self, config, *, announce=print):
+        self.config = config
+        self.ctx = ServerContext(config, announce=announce)
+        self._networks = [ipaddress.ip_network(p, strict=False) for p in config.server.allowed_peers]
+        self._stopped = gevent.event.Event()
+        self.listener: StreamServer | None = None
+        self.control: ControlServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.listener.address[:2]
+
+    def start(self) -> None:
+        self.ctx.open()
+        report = self.ctx.recover_spool()
+        if report.sealed or report.deleted:
+            log.info("spool recovery: sealed=%d deleted=%d", len(report.sealed), len(report.deleted))
+        self.control = ControlServer(Path(self.config.storage.data_dir) / "control.sock", self.ctx.handle_control)
+        self.control.start()
+        self.listener = StreamServer(parse_listen(self.config.server.listen), self._handle,
+                                     spawn=gevent.pool.Pool(self.config.server.max_calls + 64))
+        self.listener.start()  # binding errors surface here as OSError, not sys.exit
+        log.info("listening on %s:%d", *self.address)
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def _handle(self, sock, address) -> None:
+        if not self._allowed(address[0]):
+            log.warning("refused a connection from a peer outside server.allowed_peers")
+            sock.close()
+            return
+        if len(self.ctx.registry) >= self.config.server.max_calls:
+            log.error("at max_calls (%d): call handed back to the dialplan unrecorded", self.config.server.max_calls)
+            sock.close()
+            return
+        CallSession(sock, self.ctx).run()
+
+    def run_until_signalled(self) -> None:
+        """After start(): serve until SIGTERM/SIGINT (or request_stop), then drain and stop."""
+        gevent.signal_handler(signal.SIGTERM, self._stopped.set)
+        gevent.signal_handler(signal.SIGINT, self._stopped.set)
+        self._stopped.wait()
+        self.stop()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def stop(self) -> None:
+        """Stop accepting; let calls end within the drain period; settle the rest."""
+        if self.listener is not None:
+            self.listener.close()
+        deadline = gevent.Timeout(self.config.server.drain_seconds)
+        deadline.start()
+        try:
+            while self.ctx.registry:
+                gevent.sleep(0.05)
+        except gevent.Timeout:
+            log.warning("drain period over with %d live calls: stopping their recordings", len(self.ctx.registry))
+            for session in list(self.ctx.registry.values()):
+                session.shutdown()
+        finally:
+            deadline.close()
+        if self.listener is not None:
+            self.listener.stop(timeout=1)
+        if self.control is not None:
+            self.control.stop()
+        self.ctx.close()

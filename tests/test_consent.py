@@ -1,0 +1,267 @@
+"""The consent rules, as event sequences in and commands out (no I/O)."""
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fs_consent import consent as c
+
+RID = "0123456789abcdef0123456789abcdef"
+
+
+def new_call(**policy):
+    return c.ConsentCall(policy=replace(c.Policy(), **policy), recording_id=RID)
+
+
+def of(commands, kind):
+    return [cmd for cmd in commands if isinstance(cmd, kind)]
+
+
+def start(call, *, can_record=True):
+    """Run the call up to the consent prompt; returns the prompt's tag."""
+    call.handle(c.CallStarted(can_record=can_record))
+    answer = of(call.handle(c.CallStarted()), c.Execute)  # a second start is ignored
+    assert answer == []
+    return prompt_tag(call)
+
+
+def prompt_tag(call):
+    tag = next(t for t, purpose in call._tags.items() if purpose == "answer")
+    out = call.handle(c.AppCompleted(tag))
+    prompts = [cmd for cmd in of(out, c.Execute) if cmd.app == "play_and_get_digits"]
+    assert len(prompts) == 1
+    return prompts[0].tag
+
+
+def test_start_answers_then_binds_agent_key_then_prompts():
+    call = new_call()
+    out = call.handle(c.CallStarted())
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["answer"]
+    out = call.handle(c.AppCompleted(out[-1].tag))
+    assert [(cmd.app, cmd.arg) for cmd in of(out, c.Execute)] == [
+        ("bind_meta_app", "2 b s set::fs_consent_agent=withdraw"),
+        ("play_and_get_digits", "1 1 1 5000 # phrase:fs-consent-prompt silence_stream://250 fs_consent_digit \\d 5000"),
+    ]
+
+
+def test_refusal_records_nothing_and_continues_to_the_menu():
+    call = new_call()
+    out = call.handle(c.PromptAnswered(start(call), "1"))
+    assert c.Decide(c.REFUSED, c.BY_KEY) in out
+    assert c.SetVariable("fs_consent", "refused") in out
+    assert of(out, c.StartRecording) == []
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+    assert c.WithdrawEarlierCalls() in out
+
+
+def test_silence_is_consent_in_opt_out_mode():
+    call = new_call()
+    out = call.handle(c.PromptAnswered(start(call), None))
+    assert c.Decide(c.GRANTED, c.BY_SILENCE) in out
+    assert c.SetVariable("RECORD_STEREO", "true") in out and c.SetVariable("RECORD_BRIDGE_REQ", "true") in out
+    assert [cmd.recording_id for cmd in of(out, c.StartRecording)] == [RID]
+    # the recording starts before the caller is sent on to the menu
+    kinds = [type(cmd) for cmd in out]
+    assert kinds.index(c.StartRecording) < kinds.index(c.Execute)
+
+
+def test_opt_in_needs_the_grant_key_and_silence_is_no_consent():
+    call = new_call(mode="opt-in")
+    out = call.handle(c.PromptAnswered(start(call), None))
+    assert c.Decide(c.REFUSED, c.BY_SILENCE) in out and of(out, c.StartRecording) == []
+    assert of(out, c.WithdrawEarlierCalls) == []  # silence is not a callback refusal
+
+    call = new_call(mode="opt-in")
+    out = call.handle(c.PromptAnswered(start(call), "2"))
+    assert c.Decide(c.GRANTED, c.BY_KEY) in out and len(of(out, c.StartRecording)) == 1
+
+
+def test_another_digit_replays_the_prompt_then_counts_as_silence():
+    call = new_call(tries=2)
+    tag = start(call)
+    out = call.handle(c.PromptAnswered(tag, "7"))
+    again = [cmd for cmd in of(out, c.Execute) if cmd.app == "play_and_get_digits"]
+    assert len(again) == 1 and of(out, c.Decide) == []
+    assert call.handle(c.PromptAnswered(tag, None)) == []  # a stale completion is ignored
+    out = call.handle(c.PromptAnswered(again[0].tag, "9"))
+    assert c.Decide(c.GRANTED, c.BY_SILENCE) in out
+
+
+def test_hangup_during_prompt_is_abandoned_with_nothing_recorded():
+    call = new_call()
+    tag = start(call)
+    out = call.handle(c.HungUp())
+    assert c.Decide(c.ABANDONED, c.BY_HANGUP) in out
+    assert c.Finish(c.ABANDONED) in out
+    # the prompt's completion arrives after the hangup (capture s8): nothing starts
+    assert call.handle(c.PromptAnswered(tag, None)) == []
+
+
+def granted_and_recording(**policy):
+    call = new_call(**policy)
+    call.handle(c.PromptAnswered(start(call), None))
+    call.handle(c.RecordStarted(RID))
+    return call
+
+
+@pytest.mark.parametrize("event, by", [
+    (None, c.BY_CALLER_KEYS),
+    (c.AgentWithdraw(), c.BY_AGENT_KEY),
+    (c.WithdrawRequested(c.BY_COMMAND), c.BY_COMMAND),
+])
+def test_withdrawal_stops_and_deletes_the_recording(event, by):
+    call = granted_and_recording(confirmation_file="phrase:fs-consent-deleted")
+    if event is None:
+        out = call.handle(c.CallerDigit("*")) + call.handle(c.CallerDigit("1"))
+    else:
+        out = call.handle(event)
+    assert out[:2] == [c.StopRecording(RID), c.DeleteRecording(RID, "withdrawn")]
+    assert c.Decide(c.WITHDRAWN, by) in out
+    assert c.SetVariable("fs_consent", "withdrawn") in out
+    assert c.PlayToCaller("phrase:fs-consent-deleted") in out
+    # FreeSWITCH's RECORD_STOP afterwards: deleted again, never sealed
+    out = call.handle(c.RecordStopped(RID))
+    assert of(out, c.SealRecording) == [] and of(out, c.DeleteRecording)
+    out = call.handle(c.HungUp()) + call.handle(c.Disconnected())
+    assert c.Finish(c.WITHDRAWN) in out
+
+
+def test_withdraw_sequence_must_be_contiguous():
+    call = granted_and_recording()
+    for digit in "*21":
+        assert of(call.handle(c.CallerDigit(digit)), c.DeleteRecording) == []
+    assert of(call.handle(c.CallerDigit("*")) + call.handle(c.CallerDigit("1")), c.DeleteRecording)
+
+
+def test_a_start_that_races_a_withdrawal_is_stopped_and_deleted():
+    call = new_call()
+    call.handle(c.PromptAnswered(start(call), None))
+    call.handle(c.WithdrawRequested())  # before RECORD_START arrived
+    out = call.handle(c.RecordStarted(RID))
+    assert out == [c.StopRecording(RID), c.DeleteRecording(RID, "withdrawn")]
+
+
+def test_hangup_while_recording_seals_after_record_stop():
+    call = granted_and_recording()
+    out = call.handle(c.HungUp())
+    assert of(out, c.Finish) == []  # FreeSWITCH still has to close the file
+    out = call.handle(c.RecordStopped(RID))
+    assert out[0] == c.SealRecording(RID) and c.Finish(c.GRANTED) in out
+
+
+def test_no_linger_disconnect_settles_an_open_recording():
+    call = granted_and_recording()
+    out = call.handle(c.HungUp()) + call.handle(c.Disconnected())
+    assert c.SealRecording(RID) in out and c.Finish(c.GRANTED) in out
+
+
+def test_discarded_recording_is_not_sealed():
+    call = granted_and_recording()
+    call.handle(c.HungUp())
+    out = call.handle(c.RecordStopped(RID, discarded=True))
+    assert out[0] == c.RecordingDiscarded(RID) and of(out, c.SealRecording) == []
+
+
+def test_hold_masks_and_unhold_unmasks():
+    call = granted_and_recording()
+    assert call.handle(c.Held()) == [c.MaskRecording(RID, True)]
+    assert call.handle(c.Unheld()) == [c.MaskRecording(RID, False)]
+    assert granted_and_recording(mask_on_hold=False).handle(c.Held()) == []
+
+
+def test_no_recipient_means_consent_without_recording():
+    call = new_call()
+    call.handle(c.CallStarted(can_record=False))
+    out = call.handle(c.PromptAnswered(prompt_tag(call), None))
+    assert c.Decide(c.GRANTED, c.BY_SILENCE) in out and of(out, c.StartRecording) == []
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+
+
+def test_failure_fails_closed_for_the_recording_and_open_for_the_call():
+    call = new_call()
+    start(call)
+    out = call.handle(c.Failed("boom"))
+    assert c.Decide(c.ERROR, c.BY_FAILURE) in out
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+
+    call = granted_and_recording()
+    out = call.handle(c.Failed("boom"))
+    assert out[:2] == [c.StopRecording(RID), c.DeleteRecording(RID, "error")]
+    assert of(out, c.Execute) == []  # already in the menu: not sent twice
+
+
+def test_decision_deadline_sends_the_caller_on_unrecorded():
+    call = new_call()
+    start(call)
+    out = call.handle(c.TimerFired(c.DECISION_DEADLINE_TIMER))
+    assert c.Decide(c.ERROR, c.BY_FAILURE) in out and of(out, c.StartRecording) == []
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+
+
+def test_objection_skips_the_prompt():
+    call = new_call()
+    out = call.handle(c.CallStarted(objection=True))
+    assert c.Decide(c.REFUSED, c.BY_OBJECTION) in out
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+
+
+# --- whatever happens, in whatever order -------------------------------------------------
+
+EVENTS = st.one_of(
+    st.just("answer"), st.just("prompt"),
+    st.builds(lambda d: ("digit-at-prompt", d), st.sampled_from(["1", "2", "5", None])),
+    st.builds(c.CallerDigit, st.sampled_from(list("*1250#"))),
+    st.just(c.AgentWithdraw()), st.just(c.WithdrawRequested()),
+    st.just(c.RecordStarted(RID)), st.builds(c.RecordStopped, st.just(RID), st.booleans()),
+    st.just(c.Held()), st.just(c.Unheld()), st.just(c.HungUp()), st.just(c.Disconnected()),
+    st.just(c.TimerFired(c.DECISION_DEADLINE_TIMER)), st.just(c.Failed("x")),
+)
+
+
+def materialise(call, token):
+    """Turn symbolic completions into events carrying the call's real tags."""
+    if token == "answer":
+        tags = [t for t, p in call._tags.items() if p == "answer"]
+        return c.AppCompleted(tags[-1] if tags else "answer-0")
+    if isinstance(token, tuple) or token == "prompt":
+        tags = [t for t, p in call._tags.items() if p == "prompt"]
+        digit = token[1] if isinstance(token, tuple) else None
+        return c.PromptAnswered(tags[-1] if tags else "prompt-0", digit)
+    return token
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["opt-out", "opt-in"]), st.booleans(), st.lists(EVENTS, max_size=30))
+def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_record, tokens):
+    call = new_call(mode=mode)
+    history = call.handle(c.CallStarted(can_record=can_record))
+    for token in tokens:
+        history += call.handle(materialise(call, token))
+    history += call.handle(c.HungUp()) + call.handle(c.Disconnected())
+
+    starts = of(history, c.StartRecording)
+    assert len(starts) <= 1
+    assert can_record or not starts
+    decisions = of(history, c.Decide)
+    first_refusal = next((i for i, cmd in enumerate(history) if isinstance(cmd, c.Decide)
+                          and cmd.outcome in (c.REFUSED, c.WITHDRAWN, c.ABANDONED, c.ERROR)), None)
+    if first_refusal is not None:
+        assert of(history[first_refusal:], c.StartRecording) == []
+        assert of(history[first_refusal:], c.SealRecording) == []
+    # every call ends exactly once, with an outcome
+    finishes = of(history, c.Finish)
+    assert len(finishes) == 1 and finishes[0].outcome in c.OUTCOMES
+    assert decisions and finishes[0].outcome == decisions[-1].outcome
+    # a started recording is settled: sealed, discarded or deleted, and sealed only with consent
+    if starts:
+        settled = of(history, (c.SealRecording, c.RecordingDiscarded, c.DeleteRecording))
+        assert settled
+        if of(history, c.SealRecording):
+            assert finishes[0].outcome == c.GRANTED
+    # the caller always goes on into the menu unless they hung up before a decision
+    menu = [cmd for cmd in of(history, c.Execute) if cmd.app == "execute_extension"]
+    assert len(menu) <= 1
+    if finishes[0].outcome != c.ABANDONED:
+        assert len(menu) == 1
