@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -101,6 +100,7 @@ def serve(ctx: Context, listen, log_level):
         raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
     except Exception as exc:  # keys, permissions, database: one clear line
         raise click.ClickException(str(exc)) from None
+    server.install_signal_handlers()
     host, port = server.address
     click.echo(f"fs-consent listening on {host}:{port} (data dir {config.storage.data_dir})", err=True)
     server.run_until_signalled()

@@ -400,7 +400,7 @@ class ConsentCall:
             self.phase = Phase.PROMPTING
             out = []
             if self.policy.agent_withdraw_key:
-                arg = f"{self.policy.agent_withdraw_key} b s set::{AGENT_MARKER_VARIABLE}={AGENT_MARKER_VALUE}"
+                arg = f"{self.policy.agent_withdraw_key} b a set::{AGENT_MARKER_VARIABLE}={AGENT_MARKER_VALUE}"
                 out.append(Execute("bind_meta_app", arg, self._tag("bind")))
             return out + self._prompt()
         return []

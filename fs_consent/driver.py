@@ -146,7 +146,7 @@ class CallSession:
             raise esl.ProtocolError("connect reply without Unique-ID")
         self.facts = CallFacts(uuid=channel_uuid, started_at=ledger.utcnow())
         self._protect_caller(reply.headers.get("Caller-Caller-ID-Number", ""))
-        for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP"):
+        for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP CHANNEL_HOLD CHANNEL_UNHOLD"):
             self.sock.sendall(esl.encode_command(line))
             answer = self._read_one(timeout)
             if not (answer.reply_text or "").startswith("+OK"):
@@ -159,6 +159,20 @@ class CallSession:
             caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed,
             recording_note=None if ctx.vault_ready else "no-recipient",
         ))
+
+    def hand_back(self) -> None:
+        """Give the call back to the dialplan untouched: its fallback continues unrecorded.
+
+        Closing without ``connect`` would leave ``socket`` waiting; ``exit`` after
+        ``connect`` makes it return at once.
+        """
+        try:
+            self.sock.sendall(esl.encode_command("connect"))
+            self._read_one(self.ctx.config.server.handshake_timeout)
+            self.sock.sendall(esl.encode_command("exit"))
+        except (SessionGone, esl.ProtocolError, OSError):
+            pass
+        self._close()
 
     def _protect_caller(self, number: str) -> None:
         from .protect import normalise_phone

@@ -238,7 +238,20 @@ def init_keys(keys_dir: Path, *, force: bool = False) -> KeysCreated:
 
 
 def ensure_keys(keys_dir: Path) -> list[str]:
-    """First start: create whatever is missing; return the messages to announce once."""
+    """First start: create whatever is missing; return the messages to announce once.
+
+    Unlike ``keys init``, a recipients file that lists nobody is not fatal here: the
+    server must still answer calls (and records nothing), so only the field key is made.
+    """
+    recipients_path = keys_dir / RECIPIENTS_FILE
+    if (recipients_path.exists() and not (keys_dir / IDENTITY_FILE).exists()
+            and not load_recipients(keys_dir)):
+        _ensure_dir(keys_dir)
+        field_path = keys_dir / FIELD_KEY_FILE
+        if field_path.exists():
+            return []
+        _write_file(field_path, base64.b64encode(secrets.token_bytes(FIELD_KEY_BYTES)).decode("ascii") + "\n", 0o600)
+        return [f"generated {field_path} (personal-field key; back it up with the database)"]
     return init_keys(keys_dir).describe()
 
 

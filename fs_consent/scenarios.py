@@ -89,7 +89,7 @@ def run_simulation(host: str, port: int, *, spool_dir: Path, calls: int, concurr
 
     from .emulator import FreeSwitchEmulator
 
-    emulator = FreeSwitchEmulator(host, port, spool_dir=spool_dir)
+    emulator = FreeSwitchEmulator(host, port, spool_dir=spool_dir, time_scale=time_scale)
     summary = Summary()
     names = SCENARIO_NAMES if scenario == "mix" else [scenario]
 

@@ -5,8 +5,9 @@ seal workers start, plaintext left by a crash is sealed or deleted, and only the
 does the listener accept calls. SIGTERM stops accepting, lets live calls end within
 the drain period, stops what is still recording, and seals what must be sealed.
 
-Callers never lose a call because of us: a peer we refuse, or a call over the
-limit, is closed at once, and the dialplan's fallback sends it on unrecorded.
+Callers never lose a call because of us: a call over the limit is handed back
+(``connect`` then ``exit``), and the dialplan's fallback sends it on unrecorded.
+A peer outside the allow-list is not FreeSWITCH and is simply closed.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ServerContext:
 
     def open(self) -> None:
         s = self.config.storage
+        Path(s.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.spool_dir: Path = Path(s.spool_dir)
         for message in keys.ensure_keys(Path(s.keys_dir)):
             self.announce(message)
@@ -209,7 +211,7 @@ class ConsentServer:
     def __init__(self, config, *, announce=print):
         self.config = config
         self.ctx = ServerContext(config, announce=announce)
-        self._networks = [ipaddress.ip_network(p, strict=False) for p in config.server.allowed_peers]
+        self._networks = list(config.server.allowed_peers)
         self._stopped = gevent.event.Event()
         self.listener: StreamServer | None = None
         self.control: ControlServer | None = None
@@ -235,23 +237,28 @@ class ConsentServer:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(address in network for network in self._networks)
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack listener
+        return any(address in network or (mapped is not None and mapped in network) for network in self._networks)
 
     def _handle(self, sock, address) -> None:
         if not self._allowed(address[0]):
             log.warning("refused a connection from a peer outside server.allowed_peers")
             sock.close()
             return
+        session = CallSession(sock, self.ctx)
         if len(self.ctx.registry) >= self.config.server.max_calls:
             log.error("at max_calls (%d): call handed back to the dialplan unrecorded", self.config.server.max_calls)
-            sock.close()
+            session.hand_back()
             return
-        CallSession(sock, self.ctx).run()
+        session.run()
 
-    def run_until_signalled(self) -> None:
-        """After start(): serve until SIGTERM/SIGINT (or request_stop), then drain and stop."""
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT begin the drain; install before telling anyone we are up."""
         gevent.signal_handler(signal.SIGTERM, self._stopped.set)
         gevent.signal_handler(signal.SIGINT, self._stopped.set)
+
+    def run_until_signalled(self) -> None:
+        """After start(): serve until a signal (or request_stop), then drain and stop."""
         self._stopped.wait()
         self.stop()
 

@@ -41,7 +41,7 @@ def test_start_answers_then_binds_agent_key_then_prompts():
     assert [cmd.app for cmd in of(out, c.Execute)] == ["answer"]
     out = call.handle(c.AppCompleted(out[-1].tag))
     assert [(cmd.app, cmd.arg) for cmd in of(out, c.Execute)] == [
-        ("bind_meta_app", "2 b s set::fs_consent_agent=withdraw"),
+        ("bind_meta_app", "2 b a set::fs_consent_agent=withdraw"),
         ("play_and_get_digits", "1 1 1 5000 # phrase:fs-consent-prompt silence_stream://250 fs_consent_digit \\d 5000"),
     ]
 

@@ -173,12 +173,17 @@ def test_recipients_written_for_existing_identity(tmp_path):
     assert (keys_dir / keys.IDENTITY_FILE).read_text() == identity_text
 
 
-def test_empty_recipients_without_identity_is_an_error(tmp_path):
+def test_empty_recipients_without_identity_is_an_error_for_init_not_for_the_server(tmp_path):
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir(mode=0o700)
     (keys_dir / keys.RECIPIENTS_FILE).write_text("# nobody yet\n")
     with pytest.raises(KeyFileError, match="lists no recipient and there is no identity"):
-        keys.ensure_keys(keys_dir)
+        keys.init_keys(keys_dir)
+    # the server still starts (and records nothing): only the field key is made, no identity
+    (message,) = keys.ensure_keys(keys_dir)
+    assert "field" in message
+    assert sorted(p.name for p in keys_dir.iterdir()) == [keys.FIELD_KEY_FILE, keys.RECIPIENTS_FILE]
+    assert keys.ensure_keys(keys_dir) == []
 
 
 def test_force_rotates_identity_keeping_the_old_one_and_the_field_key(tmp_path):

@@ -1,0 +1,73 @@
+"""What an emulated caller does, and what the emulator saw: the public data types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CallerScript:
+    """The caller, the menu and the agent of one emulated call.  Times in seconds.
+
+    The app's own timers (play_and_get_digits timeouts, ``sleep``, ``linger N``)
+    are scaled by the emulator's ``time_scale``; the times here are used as given.
+    """
+
+    caller_number: str = "0612345678"
+    caller_name: str = "Test"
+    #: How long every played file (playback, the play_and_get_digits prompt) lasts.
+    prompt_seconds: float = 0.05
+    #: Per play_and_get_digits run: the key pressed (a DTMF event just before the
+    #: completion) or None (the run times out after the command's timeout).
+    digits: list[str | None] = field(default_factory=lambda: [None])
+    #: The caller hangs up halfway through the first play_and_get_digits prompt.
+    hangup_in_prompt: bool = False
+    #: After execute_extension starts: time in the menu before the agent answers.
+    menu_seconds: float = 0.02
+    #: The menu reaches an agent (CHANNEL_BRIDGE); otherwise it ends and the call hangs up.
+    bridge: bool = True
+    #: Bridged time; then the agent hangs up.
+    talk_seconds: float = 0.3
+    #: (seconds after the bridge, digits): caller keys while bridged, one DTMF event per digit.
+    caller_keys: list[tuple[float, str]] = field(default_factory=list)
+    #: (seconds after the bridge, "*2"): the agent dials a meta sequence.
+    agent_keys: list[tuple[float, str]] = field(default_factory=list)
+    #: (start after the bridge, duration): CHANNEL_HOLD / CHANNEL_UNHOLD on our channel.
+    hold: list[tuple[float, float]] = field(default_factory=list)
+    #: Seconds after the bridge: the caller hangs up.
+    caller_hangup_after: float | None = None
+    #: (seconds after RECORD_START, digits): caller keys while a recording runs, bridged or not.
+    record_keys: list[tuple[float, str]] = field(default_factory=list)
+    #: Seconds after RECORD_START: the caller hangs up (s4/s5/s6).
+    hangup_after_record: float | None = None
+    #: DTMF-Source of caller keys: UNKNOWN for a keypress, APP for ``uuid_recv_dtmf``.
+    dtmf_source: str = "UNKNOWN"
+    #: DTMF-Source of play_and_get_digits keys; None means ``dtmf_source``.
+    digit_source: str | None = None
+
+
+@dataclass
+class RecordingInfo:
+    """One ``record_session`` file as the emulator wrote it."""
+
+    path: str
+    channels: int
+    frames: int = 0
+    sha256: str | None = None  # of the final file; None while open or when discarded
+    discarded: bool = False
+    masked_seconds: float = 0.0
+    completion_cause: str | None = None  # Record-Completion-Cause of its RECORD_STOP
+
+
+@dataclass
+class CallResult:
+    uuid: str
+    executed: list[tuple[str, str | None]] = field(default_factory=list)
+    api_commands: list[str] = field(default_factory=list)
+    channel_vars: dict[str, str] = field(default_factory=dict)
+    recordings: dict[str, RecordingInfo] = field(default_factory=dict)
+    hangup_cause: str | None = None
+    exited: bool = False
+    errors: list[str] = field(default_factory=list)
+    decision_latency: float | None = None
+    duration: float = 0.0

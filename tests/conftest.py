@@ -1,0 +1,42 @@
+"""Shared fixtures: where the FreeSWITCH wire captures live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def find_captures_dir() -> Path | None:
+    """``$FS_CONSENT_CAPTURES``, the repo's ``freeswitch/captures`` or the shared workplace copy."""
+    candidates = [
+        os.environ.get("FS_CONSENT_CAPTURES"),
+        _REPO / "freeswitch" / "captures",
+        _REPO.parent / "shared" / "freeswitch" / "captures",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "INDEX.md").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def captures_dir() -> Path:
+    found = find_captures_dir()
+    if found is None:
+        pytest.fail("FreeSWITCH captures not found; set FS_CONSENT_CAPTURES")
+    return found
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``rx_capture`` / ``tx_capture``: one test per capture file (path without suffix)."""
+    root = find_captures_dir()
+    for fixture, suffix in (("rx_capture", ".rx.bin"), ("tx_capture", ".tx.bin")):
+        if fixture in metafunc.fixturenames:
+            names = sorted(
+                p.relative_to(root).as_posix()[: -len(suffix)] for p in root.rglob(f"*{suffix}")
+            ) if root else ["captures-missing"]
+            metafunc.parametrize(fixture, names)

@@ -1,0 +1,207 @@
+"""The emulator replays the real FreeSWITCH captures.
+
+For each outbound capture a test client plays the app's side: it sends the
+captured ``.tx.bin`` chunks, each one as soon as it has received as many
+messages as the app had received when it sent that chunk (``.wire.jsonl``
+gives the interleaving).  The caller's part (digit, hang-up ...) comes from a
+:class:`CallerScript` that says what the capture's summary says.  What the
+emulator sends must match ``.rx.bin`` message for message: same kinds, same
+event names in the same order, same header names in the same order, same
+values except the volatile ones below; replies, api responses and
+disconnect notices exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gevent
+import pytest
+from gevent import socket
+
+from fs_consent import esl
+from fs_consent.emulator import CallerScript, FreeSwitchEmulator
+
+#: Headers whose values differ between any two real calls: the switch's identity
+#: and clock, ids FreeSWITCH makes up, and media/call durations (the emulator's
+#: clock runs scaled and its prompts last CallerScript.prompt_seconds).
+VOLATILE = frozenset(
+    """
+    Core-UUID FreeSWITCH-Hostname FreeSWITCH-Switchname FreeSWITCH-IPv4 FreeSWITCH-IPv6
+    Event-Date-Local Event-Date-GMT Event-Date-Timestamp Event-Sequence
+    Caller-Transfer-Source
+    variable_session_id variable_origination_uuid variable_other_loopback_leg_uuid
+    variable_playback_last_offset_pos variable_playback_seconds variable_playback_ms
+    variable_playback_samples
+    variable_record_file_size variable_record_samples variable_record_seconds variable_record_ms
+    variable_transfer_history variable_transfer_source
+    variable_start_stamp variable_profile_start_stamp variable_answer_stamp variable_end_stamp
+    variable_duration variable_billsec variable_answersec variable_flow_billsec
+    variable_mduration variable_billmsec variable_answermsec variable_flow_billmsec
+    variable_uduration variable_billusec variable_answerusec variable_flow_billusec
+    """.split()
+)
+#: Microsecond times: compared only for being set (non-zero) or not.
+TIMES_SET_OR_NOT = ("-Created-Time", "-Answered-Time", "-Hangup-Time", "_epoch", "_uepoch")
+#: Present only when the test call was originated with origination_uuid (not the gs-* ones).
+OPTIONAL = frozenset({"variable_origination_uuid"})
+#: Application-UUID is chosen by FreeSWITCH unless the app sent Event-UUID
+#: (then it is an exact echo); the ``socket`` app's own is always made up.
+APP_UUID = "Application-UUID"
+#: CHANNEL_PARK from the socket app parking the channel races with ``myevents``:
+#: two captures have it, the others do not.  The emulator never sends it.
+RACY = "CHANNEL_PARK"
+
+SCRIPTS = {
+    "s1_digit_pressed.outbound": CallerScript(digits=["1"]),
+    "s2_no_digit.outbound": CallerScript(digits=[None]),
+    "s3_dtmf_during_record.outbound": CallerScript(
+        digits=["2"], digit_source="APP", record_keys=[(0.05, "5")]
+    ),
+    "s4_caller_hangup_mid_record.outbound": CallerScript(digits=["1"], hangup_after_record=0.05),
+    "s5_hangup_linger_timeout.outbound": CallerScript(digits=["1"], hangup_after_record=0.05),
+    "s6_kill_socket_leg_no_linger.outbound": CallerScript(digits=["1"], hangup_after_record=0.05),
+    "s7_park_caller_no_digit.outbound": CallerScript(digits=[None]),
+    "s8_caller_hangup_during_pagd.outbound": CallerScript(hangup_in_prompt=True),
+    "s9_digit_pressed_event_uuid.outbound": CallerScript(digits=["1"]),
+    "dtmf_probe/probe_recv_a.outbound": CallerScript(digits=[None]),
+    "dtmf_probe/probe_recv_b.outbound": CallerScript(
+        digits=["1"], dtmf_source="APP", record_keys=[(0.05, "5")]
+    ),
+    "dtmf_probe/probe_send_a.outbound": CallerScript(digits=["1"], record_keys=[(0.05, "5")]),
+    "greenswitch/gs-outbound-1": CallerScript(digits=["1"]),
+    "greenswitch/gs-outbound-2": CallerScript(digits=[None]),
+}
+
+#: Captures no caller can produce, so no replay.
+NOT_REPLAYED = {
+    "dtmf_probe/probe_send_b.outbound": "uuid_send_dtmf on the socket leg itself sends DTMF "
+    "towards the caller (last_dtmf_duration); a caller never does that",
+}
+
+
+@dataclass
+class Capture:
+    messages: list[esl.Message]  # what FreeSWITCH sent, racy events dropped
+    sends: list[tuple[int, bytes]]  # (messages received before it, chunk the app sent)
+    call_uuid: str
+    event_uuids: set[str]
+
+
+def load_capture(captures_dir: Path, name: str) -> Capture:
+    """Messages and the app's chunks, each chunk gated on the messages seen before it."""
+    parser = esl.FrameParser()
+    messages: list[esl.Message] = []
+    sends: list[tuple[int, bytes]] = []
+    seen_execute = False
+    for line in (captures_dir / f"{name}.wire.jsonl").read_text().splitlines():
+        chunk = json.loads(line)
+        data = base64.b64decode(chunk["b64"])
+        if chunk["dir"] == "SEND":
+            sends.append((len(messages), data))
+            continue
+        for message in parser.feed(data):
+            event = message.event().name if message.content_type == "text/event-plain" else ""
+            seen_execute = seen_execute or event == "CHANNEL_EXECUTE"
+            if event == RACY and not seen_execute:
+                continue
+            messages.append(message)
+    commands = esl.CommandParser().feed((captures_dir / f"{name}.tx.bin").read_bytes())
+    return Capture(
+        messages=messages,
+        sends=sends,
+        call_uuid=messages[0].headers["Unique-ID"],
+        event_uuids={c.headers["Event-UUID"] for c in commands if "Event-UUID" in c.headers},
+    )
+
+
+def replay(capture: Capture, emulator: FreeSwitchEmulator, server: socket.socket,
+           script: CallerScript, spool: Path) -> list[esl.Message]:
+    """Play the app's side against the emulator; returns every message it sent."""
+    call = gevent.spawn(emulator.place_call, script, uuid=capture.call_uuid, timeout=20)
+    with gevent.Timeout(20):
+        conn, _ = server.accept()
+    parser = esl.FrameParser()
+    received: list[esl.Message] = []
+
+    def receive_until(count: int | None) -> None:
+        while count is None or len(received) < count:
+            data = conn.recv(65536)
+            if not data:
+                assert count is None, f"connection closed after {len(received)} messages"
+                return
+            received.extend(parser.feed(data))
+
+    with conn, gevent.Timeout(20):
+        for gate, chunk in capture.sends:
+            receive_until(gate)
+            conn.sendall(chunk.replace(b"/var/spool/fs-rec/", f"{spool}/".encode()))
+        receive_until(None)
+        call.join()
+    assert call.successful(), call.exception
+    return received
+
+
+def _values_match(name: str, captured: str, ours: str, capture: Capture) -> bool:
+    if name in VOLATILE:
+        return True
+    if name == APP_UUID and captured not in capture.event_uuids:
+        return True
+    if name.endswith(TIMES_SET_OR_NOT):
+        return (captured == "0") == (ours == "0")
+    return captured == ours
+
+
+def compare(capture: Capture, received: list[esl.Message], spool: Path, port: int) -> None:
+    kinds = lambda ms: [  # noqa: E731
+        m.event().name if m.content_type == "text/event-plain" else m.content_type for m in ms
+    ]
+    assert kinds(received) == kinds(capture.messages)
+    for index, (theirs, ours) in enumerate(zip(capture.messages, received)):
+        if theirs.content_type == "text/event-plain":
+            theirs_items, ours_items = theirs.event().items, ours.event().items
+        elif "Event-Name" in theirs.headers:  # the connect reply carries channel data
+            theirs_items, ours_items = list(theirs.headers.items()), list(ours.headers.items())
+        else:
+            assert list(ours.headers.items()) == list(theirs.headers.items()), index
+            assert ours.body == theirs.body, index
+            continue
+        theirs_items = [(n, v) for n, v in theirs_items if n not in OPTIONAL]
+        ours_items = [(n, v) for n, v in ours_items if n not in OPTIONAL]
+        assert [n for n, _ in ours_items] == [n for n, _ in theirs_items], index
+        for (name, captured), (_, value) in zip(theirs_items, ours_items):
+            captured = captured.replace("/var/spool/fs-rec/", f"{spool}/")
+            value = value.replace(f"127.0.0.1:{port}", "127.0.0.1:8040")
+            assert _values_match(name, captured, value, capture), (index, name, captured, value)
+
+
+@pytest.fixture
+def server():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    with listener:
+        yield listener
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_replay_matches_capture(name, captures_dir, server, tmp_path):
+    capture = load_capture(captures_dir, name)
+    port = server.getsockname()[1]
+    emulator = FreeSwitchEmulator(
+        "127.0.0.1", port, spool_dir=tmp_path, time_scale=0.01, linger_timeout=2.0
+    )
+    received = replay(capture, emulator, server, SCRIPTS[name], tmp_path)
+    compare(capture, received, tmp_path, port)
+
+
+def test_every_outbound_capture_has_a_replay(captures_dir):
+    outbound = {
+        p.relative_to(captures_dir).as_posix()[: -len(".rx.bin")]
+        for p in captures_dir.rglob("*.rx.bin")
+        if "inbound" not in p.name
+    }
+    assert outbound == set(SCRIPTS) | set(NOT_REPLAYED)
