@@ -58,6 +58,7 @@ class CallFacts:
 
     uuid: str
     started_at: dt.datetime
+    call_id: int | None = None  # the ledger row, known once the write-behind queue inserted it
     caller_hash: str | None = None
     caller_sealed: bytes | None = None
     answered_at: dt.datetime | None = None
@@ -153,12 +154,16 @@ class CallSession:
                 raise esl.ProtocolError(f"'{line}' was refused")
         self.machine = consent.ConsentCall(policy=self.ctx.policy, recording_id=uuidlib.uuid4().hex)
         facts, policy, ctx = self.facts, self.ctx.policy, self.ctx
-        self.ctx.writer.submit(lambda: Call.create(
-            uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
-            language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
-            caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed,
-            recording_note=None if ctx.vault_ready else "no-recipient",
-        ))
+
+        def write():
+            facts.call_id = Call.insert(
+                uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
+                language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
+                caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed,
+                recording_note=None if ctx.vault_ready else "no-recipient",
+            ).execute()
+
+        self.ctx.writer.submit(write)
 
     def hand_back(self) -> None:
         """Give the call back to the dialplan untouched: its fallback continues unrecorded.
@@ -248,10 +253,10 @@ class CallSession:
                 discarded = ev.get("variable_RECORD_DISCARDED") == "true"
                 self._feed(consent.RecordStopped(rid, discarded))
         elif name == "CHANNEL_ANSWER":
-            self._fact(answered_at=ledger.utcnow())
+            self.facts.answered_at = ledger.utcnow()
         elif name == "CHANNEL_BRIDGE":
             if self.facts.bridged_at is None:
-                self._fact(bridged_at=ledger.utcnow())
+                self.facts.bridged_at = ledger.utcnow()
         elif name == "CHANNEL_HOLD":
             self._feed(consent.Held())
         elif name == "CHANNEL_UNHOLD":
@@ -265,12 +270,6 @@ class CallSession:
         if self.machine and rid == self.machine.recording_id:
             return rid
         return None
-
-    def _fact(self, **changes) -> None:
-        for key, value in changes.items():
-            setattr(self.facts, key, value)
-        call_uuid = self.facts.uuid
-        self.ctx.writer.submit(lambda: Call.update(**changes).where(Call.uuid == call_uuid).execute())
 
     # --- the machine ----------------------------------------------------------
 
@@ -331,9 +330,9 @@ class CallSession:
 
     def _do_StartRecording(self, cmd: StartRecording) -> None:
         self._do_Execute(Execute("record_session", str(self._path(cmd.recording_id)), cmd.tag))
-        call_uuid, rid, now = self.facts.uuid, cmd.recording_id, ledger.utcnow()
-        self.ctx.writer.submit(lambda: Recording.create(
-            id=rid, call=Call.get(Call.uuid == call_uuid), state=ledger.RECORDING, started_at=now))
+        facts, rid, now = self.facts, cmd.recording_id, ledger.utcnow()
+        self.ctx.writer.submit(lambda: Recording.insert(
+            id=rid, call=facts.call_id, state=ledger.RECORDING, started_at=now).execute())
 
     def _do_StopRecording(self, cmd: StopRecording) -> None:
         path = self._path(cmd.recording_id)
@@ -372,20 +371,15 @@ class CallSession:
         self._api(f"uuid_broadcast {self.facts.uuid} {cmd.file} aleg")
 
     def _do_Decide(self, cmd: Decide) -> None:
-        call_uuid, now = self.facts.uuid, ledger.utcnow()
+        facts, now = self.facts, ledger.utcnow()
         withdrawal = cmd.outcome == consent.WITHDRAWN and self.machine.withdrawn
+        kind = "withdrawal" if withdrawal else "decision"
+        changes = {"withdrawn_by": cmd.by, "withdrawn_at": now} if withdrawal else {"decided_by": cmd.by, "decided_at": now}
 
         def write():
-            call = Call.get(Call.uuid == call_uuid)
-            call.outcome = cmd.outcome
-            if withdrawal:
-                call.withdrawn_by, call.withdrawn_at = cmd.by, now
-            else:
-                call.decided_by, call.decided_at = cmd.by, now
-            call.save()
-            kind = "withdrawal" if withdrawal else "decision"
-            ConsentEvent.create(call=call, at=now, kind=kind, outcome=cmd.outcome, by=cmd.by)
-            ledger.append_audit("server", f"consent.{kind}", "call", call_uuid, outcome=cmd.outcome, by=cmd.by)
+            Call.update(outcome=cmd.outcome, **changes).where(Call.id == facts.call_id).execute()
+            ConsentEvent.insert(call=facts.call_id, at=now, kind=kind, outcome=cmd.outcome, by=cmd.by).execute()
+            ledger.append_audit("server", f"consent.{kind}", "call", facts.uuid, outcome=cmd.outcome, by=cmd.by)
 
         self.ctx.writer.submit(write)
 
@@ -407,8 +401,9 @@ class CallSession:
         since = facts.answered_at or facts.started_at
         wait = (facts.bridged_at - facts.answered_at).total_seconds() if facts.bridged_at and facts.answered_at else None
         self.ctx.writer.submit(lambda: Call.update(
-            ended_at=now, duration_seconds=(now - since).total_seconds(), wait_seconds=wait,
-            hangup_cause=facts.hangup_cause).where(Call.uuid == facts.uuid).execute())
+            answered_at=facts.answered_at, bridged_at=facts.bridged_at, ended_at=now,
+            duration_seconds=(now - since).total_seconds(), wait_seconds=wait,
+            hangup_cause=facts.hangup_cause).where(Call.id == facts.call_id).execute())
         self._maybe_exit()
 
     def _maybe_exit(self) -> None:

@@ -12,7 +12,8 @@ URL-encoded with ``switch_url_encode``; values a client sends are raw.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import unquote
 
 __all__ = [
@@ -53,7 +54,6 @@ class ProtocolError(ValueError):
 # --------------------------------------------------------------------------- types
 
 
-@dataclass
 class Event:
     """A parsed ``text/event-plain`` body.
 
@@ -61,22 +61,59 @@ class Event:
     ``items`` keeps every header in wire order (duplicates included), which is
     what a byte-exact re-encoding needs.  The event's own ``Content-Length`` is
     consumed into ``body`` and kept in neither.
+
+    The structure is checked when the event is parsed; the header table is only
+    built when asked for.  ``get``/``name`` look single headers up in the text,
+    which is what a call driver does with most of the ~150 headers per event.
     """
 
-    headers: dict[str, str]
-    body: bytes = b""
-    items: list[tuple[str, str]] = field(default_factory=list, repr=False, compare=False)
+    def __init__(self, text: str, body: bytes = b"") -> None:
+        self._text = text
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Event(name={self.name!r}, body={len(self.body)} bytes)"
+
+    @cached_property
+    def items(self) -> list[tuple[str, str]]:
+        items = _header_items(self._text.split("\n") if self._text else [], "event")
+        for index, (name, _value) in enumerate(items):
+            if name == "Content-Length":
+                del items[index]
+                break
+        return items
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        return dict(self.items)
 
     @property
     def name(self) -> str:
-        return self.headers.get("Event-Name", "")
+        return self.get("Event-Name", "") or ""
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The header's value; ``default`` when absent or FreeSWITCH's ``_undef_``."""
-        value = self.headers.get(key)
+        if "headers" in self.__dict__:
+            value = self.headers.get(key)
+        else:
+            value = self._find(key)
         if value is None or value == "_undef_":
             return default
         return value
+
+    def _find(self, key: str) -> str | None:
+        """The last ``key: value`` line's value, URL-decoded, without building the table."""
+        text, needle = self._text, key + ": "
+        at = text.rfind("\n" + needle)
+        if at >= 0:
+            start = at + 1 + len(needle)
+        elif text.startswith(needle):
+            start = len(needle)
+        else:
+            return None
+        end = text.find("\n", start)
+        value = text[start:] if end < 0 else text[start:end]
+        return unquote(value) if "%" in value else value
 
 
 @dataclass
@@ -155,23 +192,38 @@ def _content_length(value: str, limit: int, where: str) -> int:
     return length
 
 
+#: every line ``Name: value`` with a non-empty name before the first ``': '``
+_EVENT_LINES = re.compile(r"(?:(?!: )[^\n])+: [^\n]*(?:\n(?:(?!: )[^\n])+: [^\n]*)*")
+
+
 def _parse_event_body(data: bytes) -> Event:
     """Parse an event-plain body: header lines, a blank line, then its own body."""
     end = data.find(b"\n\n")
     head, rest = (data[:end], data[end + 2 :]) if end >= 0 else (data.rstrip(b"\n"), b"")
     text = _decode(head, "event")
-    items = _header_items(text.split("\n") if text else [], "event")
-    length = None
-    for index, (name, value) in enumerate(items):
-        if name == "Content-Length":
-            length = _content_length(value, len(data), "event")
-            del items[index]
-            break
-    if length is None and rest:
+    if text and not _EVENT_LINES.fullmatch(text):
+        _header_items(text.split("\n"), "event")  # names the bad line
+        raise ProtocolError("malformed event header block")
+    event = Event(text, rest)
+    declared = _first_header(text, "Content-Length")
+    if declared is None and rest:
         raise ProtocolError("event has bytes after its headers but no Content-Length")
-    if length is not None and length != len(rest):
+    if declared is not None and _content_length(declared, len(data), "event") != len(rest):
         raise ProtocolError("event body length differs from its Content-Length")
-    return Event(headers=dict(items), body=rest, items=items)
+    return event
+
+
+def _first_header(text: str, name: str) -> str | None:
+    needle = name + ": "
+    if text.startswith(needle):
+        start = len(needle)
+    else:
+        at = text.find("\n" + needle)
+        if at < 0:
+            return None
+        start = at + 1 + len(needle)
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 class _Framer:

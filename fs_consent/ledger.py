@@ -177,8 +177,9 @@ def append_audit(actor: str, action: str, object_type: str, object_id: str, **de
     """Append one audit entry, chained to the last one (call inside or outside a transaction)."""
     detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
     with database.atomic():
-        last = AuditEntry.select(AuditEntry.hash).order_by(AuditEntry.seq.desc()).first()
-        prev = last.hash if last else GENESIS_HASH
+        # plain SQL: this runs for every decision and deletion, and peewee's query building costs more
+        last = database.execute_sql("SELECT hash FROM audit_entry ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = last[0] if last else GENESIS_HASH
         at = utcnow()
         return AuditEntry.create(
             at=at, actor=actor, action=action, object_type=object_type, object_id=object_id,
@@ -197,9 +198,12 @@ def os_user() -> str:
 
 
 class LedgerWriter:
-    """Serialises writes from many greenlets into short batched transactions."""
+    """Serialises writes from many greenlets into short batched transactions.
 
-    def __init__(self, max_batch: int = 500):
+    Batches are small (a few ms of SQLite work) so the hub never stalls for long.
+    """
+
+    def __init__(self, max_batch: int = 25):
         import gevent.queue
 
         self._queue: gevent.queue.Queue = gevent.queue.Queue()
@@ -230,7 +234,10 @@ class LedgerWriter:
             self._greenlet = None
 
     def _run(self) -> None:
+        import gevent
+
         while True:
+            gevent.sleep(0)  # a batch blocks the hub: let the calls run between batches
             batch = [self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
