@@ -126,8 +126,11 @@ def keys_init(ctx: Context, force):
         created = keys.init_keys(keys_dir, force=force)
     except keys.KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
-    for line in created.describe():
+    lines = created.describe()
+    for line in lines:
         click.echo(line)
+    if not lines:
+        click.echo(f"all key files are already present in {keys_dir}; nothing was changed")
 
 
 # --- calls and recordings -----------------------------------------------------

@@ -23,11 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyrage
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 IDENTITY_FILE = "identity.txt"
 RECIPIENTS_FILE = "recipients.txt"
 FIELD_KEY_FILE = "field.key"
 FIELD_KEY_BYTES = 64
+SIGNING_KEY_FILE = "signing.key"  # Ed25519 (PKCS#8 PEM): signs export manifests and audit checkpoints
 
 _RECIPIENTS_HEADER = (
     "# age recipients: every recording is encrypted to each key listed here, one a line.\n"
@@ -61,6 +64,12 @@ class KeysCreated:
                 )
             elif path.name == RECIPIENTS_FILE:
                 lines.append(f"wrote {path}; it lists the public key {self.public_key}")
+            elif path.name == SIGNING_KEY_FILE:
+                public = signing_public_key(load_signing_key(path.parent))
+                lines.append(
+                    f"generated the installation signing key at {path} (public key {public}); "
+                    "give the public key to whoever must verify exports"
+                )
             else:
                 lines.append(
                     f"generated the personal-field key at {path}; back it up: protected "
@@ -234,7 +243,37 @@ def init_keys(keys_dir: Path, *, force: bool = False) -> KeysCreated:
         key = base64.b64encode(secrets.token_bytes(FIELD_KEY_BYTES)).decode("ascii")
         _write_file(field_path, key + "\n", 0o600)
         created.append(field_path)
+    created += _ensure_signing_key(keys_dir)
     return KeysCreated(tuple(created), public_key, replaced)
+
+
+def _ensure_signing_key(keys_dir: Path) -> list[Path]:
+    path = keys_dir / SIGNING_KEY_FILE
+    if path.exists():
+        return []
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write_file(path, pem.decode("ascii"), 0o600)
+    return [path]
+
+
+def load_signing_key(keys_dir: Path) -> Ed25519PrivateKey:
+    """The installation's Ed25519 key, permission-checked."""
+    path = keys_dir / SIGNING_KEY_FILE
+    check_private_file(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path} is not a PEM Ed25519 private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def signing_public_key(key: Ed25519PrivateKey) -> str:
+    """The public half as ``ed25519:<base64>``, for the police and auditors to pin."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + base64.b64encode(raw).decode("ascii")
 
 
 def ensure_keys(keys_dir: Path) -> list[str]:
@@ -248,10 +287,12 @@ def ensure_keys(keys_dir: Path) -> list[str]:
             and not load_recipients(keys_dir)):
         _ensure_dir(keys_dir)
         field_path = keys_dir / FIELD_KEY_FILE
-        if field_path.exists():
-            return []
-        _write_file(field_path, base64.b64encode(secrets.token_bytes(FIELD_KEY_BYTES)).decode("ascii") + "\n", 0o600)
-        return [f"generated {field_path} (personal-field key; back it up with the database)"]
+        created = []
+        if not field_path.exists():
+            key = base64.b64encode(secrets.token_bytes(FIELD_KEY_BYTES)).decode("ascii")
+            _write_file(field_path, key + "\n", 0o600)
+            created.append(field_path)
+        return KeysCreated(tuple(created + _ensure_signing_key(keys_dir)), None, None).describe()
     return init_keys(keys_dir).describe()
 
 

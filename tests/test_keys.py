@@ -30,7 +30,10 @@ def test_ensure_keys_creates_private_files_and_announces_once(tmp_path):
     assert mode(keys_dir / keys.IDENTITY_FILE) == 0o600
     assert mode(keys_dir / keys.FIELD_KEY_FILE) == 0o600
     assert mode(keys_dir / keys.RECIPIENTS_FILE) == 0o644
-    assert len(messages) == 3
+    assert mode(keys_dir / keys.SIGNING_KEY_FILE) == 0o600
+    assert len(messages) == 4
+    public = keys.signing_public_key(keys.load_signing_key(keys_dir))
+    assert any(public in m for m in messages)  # announced once, for the police to pin
     assert any("generated a new age identity at" in m and "back it up or move it offline" in m
                for m in messages)
     before = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
@@ -157,8 +160,9 @@ def test_write_only_server_gets_no_local_identity(tmp_path):
     (keys_dir / keys.RECIPIENTS_FILE).write_text(f"{offline}\n")
     messages = keys.ensure_keys(keys_dir)
     assert not (keys_dir / keys.IDENTITY_FILE).exists()
-    assert sorted(p.name for p in keys_dir.iterdir()) == [keys.FIELD_KEY_FILE, keys.RECIPIENTS_FILE]
-    assert len(messages) == 1 and "personal-field key" in messages[0]
+    assert sorted(p.name for p in keys_dir.iterdir()) == [keys.FIELD_KEY_FILE, keys.RECIPIENTS_FILE,
+                                                          keys.SIGNING_KEY_FILE]
+    assert len(messages) == 2 and "personal-field key" in messages[0]
     assert keys.load_recipients(keys_dir) == [offline]
 
 
@@ -168,7 +172,7 @@ def test_recipients_written_for_existing_identity(tmp_path):
     public = age_keygen(keys_dir / keys.IDENTITY_FILE)
     identity_text = (keys_dir / keys.IDENTITY_FILE).read_text()
     created = keys.init_keys(keys_dir)
-    assert [p.name for p in created.created] == [keys.RECIPIENTS_FILE, keys.FIELD_KEY_FILE]
+    assert [p.name for p in created.created] == [keys.RECIPIENTS_FILE, keys.FIELD_KEY_FILE, keys.SIGNING_KEY_FILE]
     assert keys.load_recipients(keys_dir) == [public]
     assert (keys_dir / keys.IDENTITY_FILE).read_text() == identity_text
 
@@ -180,9 +184,10 @@ def test_empty_recipients_without_identity_is_an_error_for_init_not_for_the_serv
     with pytest.raises(KeyFileError, match="lists no recipient and there is no identity"):
         keys.init_keys(keys_dir)
     # the server still starts (and records nothing): only the field key is made, no identity
-    (message,) = keys.ensure_keys(keys_dir)
-    assert "field" in message
-    assert sorted(p.name for p in keys_dir.iterdir()) == [keys.FIELD_KEY_FILE, keys.RECIPIENTS_FILE]
+    field_message, _signing_message = keys.ensure_keys(keys_dir)
+    assert "field" in field_message
+    assert sorted(p.name for p in keys_dir.iterdir()) == [keys.FIELD_KEY_FILE, keys.RECIPIENTS_FILE,
+                                                          keys.SIGNING_KEY_FILE]
     assert keys.ensure_keys(keys_dir) == []
 
 
@@ -212,3 +217,15 @@ def test_field_key_is_64_random_bytes_base64(tmp_path):
     a = base64.b64decode((tmp_path / "a" / keys.FIELD_KEY_FILE).read_text())
     b = keys.load_field_key(tmp_path / "b")
     assert len(a) == len(b) == 64 and a != b
+
+
+def test_signing_key_is_private_and_refused_when_loose(tmp_path):
+    keys_dir = tmp_path / "keys"
+    keys.init_keys(keys_dir)
+    key = keys.load_signing_key(keys_dir)
+    signature = key.sign(b"manifest")
+    key.public_key().verify(signature, b"manifest")  # raises if wrong
+    assert keys.signing_public_key(key).startswith("ed25519:")
+    (keys_dir / keys.SIGNING_KEY_FILE).chmod(0o640)
+    with pytest.raises(KeyFileError, match="signing.key"):
+        keys.load_signing_key(keys_dir)
