@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import uuid
 from dataclasses import replace
 from pathlib import Path
+
+import gevent
 
 from fs_consent import ledger
 from fs_consent.config import load_config
@@ -15,9 +19,36 @@ from fs_consent.server import ConsentServer
 TIME_SCALE = 0.05  # the emulator runs FreeSWITCH's own timers 20x faster: a 5 s prompt timeout takes 0.25 s
 
 
-def make_config(data_dir: Path, config_file: Path | None = None, **consent_changes):
+#: e.g. postgresql://user:pass@127.0.0.1:5432/postgres: run the ledger on that server instead of SQLite
+#: (each harness gets a database of its own), as peewee's own suite does per backend
+SERVER_URL = os.environ.get("FS_CONSENT_TEST_DATABASE")
+
+
+class TestDatabase:
+    """A fresh database on the test server, or None for the embedded SQLite default."""
+
+    def __init__(self):
+        self.url = None
+        if SERVER_URL:
+            import psycopg
+
+            self.name = f"fsc_test_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{self.name}"')
+            self.url = SERVER_URL.rsplit("/", 1)[0] + "/" + self.name
+
+    def drop(self) -> None:
+        if self.url:
+            import psycopg
+
+            with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def make_config(data_dir: Path, config_file: Path | None = None, database: str | None = None, **consent_changes):
     config = load_config(config_file, data_dir=data_dir, listen="127.0.0.1:0", env={"HOME": str(data_dir)})
-    return replace(config, consent=replace(config.consent, **consent_changes),
+    storage = replace(config.storage, database=database) if database else config.storage
+    return replace(config, consent=replace(config.consent, **consent_changes), storage=storage,
                    server=replace(config.server, drain_seconds=3.0))
 
 
@@ -25,10 +56,16 @@ class Harness:
     """An in-process server on an ephemeral port, and an emulator pointed at it."""
 
     def __init__(self, data_dir: Path, **consent_changes):
-        self.config = make_config(data_dir, **consent_changes)
+        self.database = TestDatabase()
+        self.config = make_config(data_dir, database=self.database.url, **consent_changes)
         self.server = ConsentServer(self.config, announce=lambda _m: None)
 
     def __enter__(self):
+        if self.database.url:  # CLI subprocesses find the same database through this file
+            path = Path(self.config.storage.data_dir) / "config.toml"
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.write_text(f'[storage]\ndatabase = "{self.database.url}"\n')
+            os.environ["FS_CONSENT_CONFIG"] = str(path)
         self.server.start()
         host, port = self.server.address
         self.emulator = FreeSwitchEmulator(host, port, spool_dir=self.config.storage.spool_dir,
@@ -37,6 +74,8 @@ class Harness:
 
     def __exit__(self, *exc):
         self.server.stop()
+        os.environ.pop("FS_CONSENT_CONFIG", None)
+        self.database.drop()
 
     def call(self, **script):
         result = self.emulator.place_call(CallerScript(**script), timeout=20)
@@ -45,7 +84,13 @@ class Harness:
         return result
 
     def settle(self) -> None:
-        """Wait for background seals and queued ledger writes."""
+        """Wait for the server to finish its calls, then for background seals and queued ledger writes.
+
+        The switch's side of a call can end a moment before the server has read its last frames.
+        """
+        with gevent.Timeout(20, AssertionError("the server did not finish its calls")):
+            while self.server.ctx.registry:
+                gevent.sleep(0.01)
         self.server.ctx.seals.join(timeout=20)
         self.server.ctx.writer.flush()
 

@@ -17,7 +17,7 @@ import pytest
 from gevent import socket  # the server runs in this process: a blocking socket would stall it
 
 from fs_consent import esl, ledger
-from fs_consent.emulator import CallerScript
+from fs_consent.emulator import CallerScript, FreeSwitchEmulator
 from fs_consent.server import ConsentServer
 
 from .e2e import Harness, age_decrypt, sha256
@@ -27,6 +27,14 @@ from .e2e import Harness, age_decrypt, sha256
 def harness(tmp_path):
     with Harness(tmp_path / "data") as h:
         yield h
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    """Server-side clean-up runs just after the switch's side of a call ends."""
+    with gevent.Timeout(timeout, False):
+        while not predicate():
+            gevent.sleep(0.01)
+    return predicate()
 
 
 def apps(result):
@@ -249,7 +257,7 @@ def test_malformed_frames_end_that_call_only(harness, garbage):
     assert harness.spool_files() == []
     bad = harness.call_row("c0ffee00-0000-4000-8000-000000000001")
     assert bad.ended_at is not None
-    assert harness.server.ctx.registry == {}
+    assert wait_until(lambda: harness.server.ctx.registry == {})
 
 
 @pytest.mark.parametrize("cut_after", range(1, 6))
@@ -260,7 +268,7 @@ def test_disconnect_at_every_step_leaves_nothing(harness, cut_after):
     raw_peer(harness, steps)
     gevent.sleep(0.1)
     harness.settle()
-    assert harness.server.ctx.registry == {}
+    assert wait_until(lambda: harness.server.ctx.registry == {})
     assert harness.spool_files() == []
     follow_up = harness.call(digits=["1"])
     assert harness.call_row(follow_up.uuid).outcome == "refused"
@@ -313,3 +321,16 @@ def test_age_cli_rejects_a_tampered_recording(harness):
     path.write_bytes(bytes(data))
     proc = subprocess.run(["age", "-d", "-i", str(harness.identity), str(path)], capture_output=True)
     assert proc.returncode != 0
+
+
+def test_switch_without_linger_still_seals_a_complete_recording(harness):
+    """s6: no linger, so the socket closes right after CHANNEL_HANGUP and RECORD_STOP never comes."""
+    host, port = harness.server.address
+    emulator = FreeSwitchEmulator(host, port, spool_dir=harness.spool, time_scale=0.05, linger=False)
+    result = emulator.place_call(CallerScript(digits=[None], talk_seconds=2.0, caller_hangup_after=0.3), timeout=20)
+    assert result.errors == []
+    harness.settle()
+    (info,) = result.recordings.values()
+    (rec,) = harness.recordings_of(result.uuid)
+    assert rec.state == ledger.SEALED and harness.spool_files() == []
+    assert sha256(age_decrypt(harness.identity, harness.store / f"{rec.id}.age")) == info.sha256
