@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import gevent
+import gevent.os
 import pytest
 from gevent import socket
 
@@ -236,7 +237,9 @@ def test_peer_decision(peer_uid, server_uid, allowed):
 def connect_as(uid, path):
     """Connect from a forked child running as ``uid``; return the answer line it got."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    # forked under gevent's child watcher: once any test has started the server (its seal
+    # workers are gevent subprocesses), gevent's SIGCHLD handler reaps every child
+    pid = gevent.os.fork_and_watch()
     if pid == 0:  # the child: plain blocking sockets, no gevent, always _exit
         status = 1
         try:
@@ -252,11 +255,7 @@ def connect_as(uid, path):
         finally:
             os._exit(status)
     os.close(write_end)
-    while True:  # keep the hub (and so the server) running while the child works
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        gevent.sleep(0.01)
+    _pid, status = gevent.os.waitpid(pid, 0)  # cooperative: the hub (and so the server) keeps running
     answer = os.read(read_end, 4096)
     os.close(read_end)
     assert os.waitstatus_to_exitcode(status) == 0
