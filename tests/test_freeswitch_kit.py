@@ -308,8 +308,9 @@ def unit():
 
 def test_unit_runs_fs_consent_serve(unit):
     service = unit["Service"]
-    assert service["Type"] == ["simple"]
-    assert service["ExecStart"] == ["/opt/fs-consent/bin/fs-consent serve --config /etc/fs-consent/config.toml"]
+    assert service["Type"] == ["notify"]  # ready only after spool recovery and the bind
+    assert service["ExecStart"] == ["/opt/fs-consent/bin/fs-consent --config /etc/fs-consent/config.toml serve"]
+    assert service["WatchdogSec"] and service["NotifyAccess"] == ["main"]
     assert service["User"] == ["fs-consent"]
     assert service["Restart"] == ["on-failure"]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
@@ -334,11 +335,11 @@ def test_unit_is_sandboxed(unit):
         "PrivateTmp": "yes",
         "PrivateDevices": "yes",
         "CapabilityBoundingSet": "",
-        "SystemCallFilter": "@system-service",
     }
     for key, value in expected.items():
         assert service.get(key, [None])[-1] == value, key
-    assert set(service["ReadWritePaths"][-1].split()) == {"/var/lib/fs-consent", "/run/fs-consent"}
+    assert service["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert set(service["ReadWritePaths"][-1].split()) == {"/var/lib/fs-consent", "-/run/fs-consent/spool"}
     assert set(service["RestrictAddressFamilies"][-1].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert service["Environment"] == ["FS_CONSENT_DATA_DIR=/var/lib/fs-consent"]
 
