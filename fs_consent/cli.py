@@ -235,15 +235,28 @@ def recordings_show(ctx: Context, recording_id, fmt):
 
 @recordings_group.command("export")
 @click.argument("recording_id")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Where to write the decrypted WAV (must not exist).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Where to write the decrypted WAV (must not exist); with --case, the export directory.")
 @click.option("--identity", type=click.Path(path_type=Path, exists=True),
               help="age identity file (default: keys/identity.txt in the data dir).")
+@click.option("--case", "case_ref", metavar="REF",
+              help="Police export for this case: a directory with the recording and a signed manifest.")
+@click.option("--to-recipient", metavar="AGE_PUBLIC_KEY",
+              help="With --case: re-encrypt the recording to the police's age key (never plaintext on disk).")
+@click.option("--with-caller-number", is_flag=True, help="With --case: put the caller's number in the manifest.")
 @pass_ctx
-def recordings_export(ctx: Context, recording_id, out, identity):
-    """Decrypt a sealed recording to a WAV file (mode 0600). The export is audited."""
+def recordings_export(ctx: Context, recording_id, out, identity, case_ref, to_recipient, with_caller_number):
+    """Decrypt a sealed recording to a WAV file (mode 0600). The export is audited.
+
+    With --case, write a police export instead (see `fs-consent verify-export`).
+    """
     from . import keys
     from .vault import VaultError
 
+    if case_ref is not None or to_recipient is not None or with_caller_number:
+        from .cli_retention import police_export
+
+        return police_export(ctx, recording_id, out, identity, case_ref, to_recipient, with_caller_number)
     ledger = ctx.ledger()
     rec = get_recording(ledger, recording_id)
     if rec.state != ledger.SEALED:
@@ -343,6 +356,35 @@ def config_show(ctx: Context):
     for key, value in ctx.config().describe():
         click.echo(f"{key} = {value}")
 
+
+def accept_data_options_everywhere(group: click.Group) -> None:
+    """Let every command take --config/--data-dir after its name too (`fs-consent serve --config F`)."""
+
+    def remember(attr):
+        def callback(click_ctx, _param, value):
+            if value is not None:
+                setattr(click_ctx.find_object(Context), attr, value)
+
+        return callback
+
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            accept_data_options_everywhere(command)
+            continue
+        command.params += [
+            click.Option(["--config", "config_path"], type=click.Path(path_type=Path), expose_value=False,
+                         callback=remember("config_path"), help="TOML config file (as before the command)."),
+            click.Option(["--data-dir"], type=click.Path(path_type=Path), expose_value=False,
+                         callback=remember("data_dir"), help="Data directory (as before the command)."),
+        ]
+
+
+from .cli_audit import register as register_audit  # noqa: E402 - audit, report, compliance
+from .cli_retention import register as register_retention  # noqa: E402 - retention, hold, police export
+
+register_retention(main)
+register_audit(main)
+accept_data_options_everywhere(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

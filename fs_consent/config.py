@@ -37,6 +37,7 @@ __all__ = [
     "LoggingConfig",
     "MenuConfig",
     "RecordingConfig",
+    "RetentionConfig",
     "ServerConfig",
     "StorageConfig",
     "default_data_dir",
@@ -101,6 +102,7 @@ class ConsentConfig:
     prompts: Mapping[str, Mapping[str, str]]
     withdraw_sequence: str
     agent_withdraw_key: str
+    aggression_key: str  # the agent dials *<key> to flag aggression: the recording is held
     callback_window: float  # seconds; 0 disables
     confirm_withdrawal: bool
     confirmation_prompts: Mapping[str, str]  # language -> playable (read-only mapping)
@@ -125,6 +127,14 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Terms in seconds, at least a day each (the statement: 60 days and one year)."""
+
+    recordings: float
+    call_records: float
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     storage: StorageConfig
@@ -132,6 +142,7 @@ class Config:
     menu: MenuConfig
     recording: RecordingConfig
     logging: LoggingConfig
+    retention: RetentionConfig
     config_file: Path | None = None  # the file that was read, if any
 
     def describe(self) -> list[tuple[str, str]]:
@@ -266,6 +277,11 @@ def _build(v: dict[str, object]) -> Config:
             "config key consent.grant_digit: must differ from consent.refuse_digit "
             f"(both are {consent['refuse_digit']!r})"
         )
+    if consent["aggression_key"] == consent["agent_withdraw_key"]:
+        raise ConfigError(
+            "config key consent.aggression_key: must differ from consent.agent_withdraw_key "
+            f"(both are {consent['agent_withdraw_key']!r})"
+        )
     return Config(
         server=section(ServerConfig, "server"),
         storage=section(StorageConfig, "storage"),
@@ -273,6 +289,7 @@ def _build(v: dict[str, object]) -> Config:
         menu=section(MenuConfig, "menu"),
         recording=section(RecordingConfig, "recording"),
         logging=section(LoggingConfig, "logging"),
+        retention=section(RetentionConfig, "retention"),
     )
 
 
@@ -311,6 +328,17 @@ def _duration(low: float, high: float | None):
         return seconds
 
     return parse
+
+
+def _term(raw, base) -> float:
+    """A retention term: a duration like 60d, 12w or 1y, at least one day."""
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        raise ValueError(f"expected a retention term like 60d, 12w or 1y, got {_brief(raw)}") from None
+    if seconds < 86400:
+        raise ValueError(f"a retention term must be at least 1d, got {_brief(raw)}")
+    return seconds
 
 
 def _boolean(raw, base) -> bool:
@@ -543,6 +571,7 @@ _SCHEMA: dict = {
         "prompts": {lang: _prompt(lang) for lang in LANGUAGES},
         "withdraw_sequence": _Key(_dtmf_sequence, "*1"),
         "agent_withdraw_key": _Key(_digit, "2"),
+        "aggression_key": _Key(_digit, "3"),
         "callback_window": _Key(_duration(0, None), "24h", format_duration),
         "confirm_withdrawal": _Key(_boolean, True, _show_bool),
         "confirmation_prompts": {
@@ -560,6 +589,10 @@ _SCHEMA: dict = {
     },
     "logging": {
         "level": _Key(_choice("debug", "info", "warning", "error"), "info"),
+    },
+    "retention": {
+        "recordings": _Key(_term, "60d", format_duration),
+        "call_records": _Key(_term, "365d", format_duration),
     },
 }
 

@@ -12,6 +12,8 @@ The rules (../shared/seed, DESIGN.md §1):
 * consent can be withdrawn during the call (caller keys, agent key, command):
   recording stops and every byte of it is deleted, and nothing restarts;
 * a refusal withdraws consent for the same number's recent recorded calls (callback);
+* the agent may flag aggression: the flag is kept, and a recording sealed with consent
+  is put under legal hold (the hold itself is ledger business: ``holds.py``);
 * fail open for the call, fail closed for the recording.
 """
 
@@ -43,6 +45,7 @@ BY_OBJECTION = "objection"
 PROMPT_VARIABLE = "fs_consent_digit"
 AGENT_MARKER_VARIABLE = "fs_consent_agent"
 AGENT_MARKER_VALUE = "withdraw"
+AGENT_FLAG_AGGRESSION = "aggression"  # the marker value of the agent's aggression key, and the flag's kind
 DECISION_DEADLINE_TIMER = "decision-deadline"
 
 
@@ -58,6 +61,7 @@ class Policy:
     prompt_file: str = "phrase:fs-consent-prompt"
     withdraw_sequence: str = "*1"
     agent_withdraw_key: str | None = "2"
+    aggression_key: str | None = None  # the agent's key to flag aggression (bound when set)
     confirmation_file: str | None = None
     menu_app: str = "execute_extension"
     menu_arg: str = "menu XML default"
@@ -113,6 +117,13 @@ class CallerDigit:
 @dataclass(frozen=True)
 class AgentWithdraw:
     pass
+
+
+@dataclass(frozen=True)
+class AgentFlag:
+    """The agent flagged the call (aggression or intimidation): its recording is to be held."""
+
+    kind: str = AGENT_FLAG_AGGRESSION
 
 
 @dataclass(frozen=True)
@@ -207,6 +218,7 @@ class DeleteRecording:
 @dataclass(frozen=True)
 class SealRecording:
     recording_id: str
+    confirmed: bool = True  # False: closed without RECORD_STOP, FreeSWITCH may still be finishing the file
 
 
 @dataclass(frozen=True)
@@ -224,6 +236,14 @@ class PlayToCaller:
 @dataclass(frozen=True)
 class Decide:
     outcome: str
+    by: str
+
+
+@dataclass(frozen=True)
+class FlagCall:
+    """Record the flag in the ledger; the recording, if one gets sealed, is held then."""
+
+    kind: str
     by: str
 
 
@@ -284,6 +304,7 @@ class ConsentCall:
     digits: str = ""
     menu_started: bool = False
     hung_up: bool = False
+    flags: set[str] = field(default_factory=set)
     _tags: dict[str, str] = field(default_factory=dict)
     _prompt_tag: str | None = None  # only the latest prompt's completion counts
     _seq: int = 0
@@ -402,6 +423,9 @@ class ConsentCall:
             if self.policy.agent_withdraw_key:
                 arg = f"{self.policy.agent_withdraw_key} b a set::{AGENT_MARKER_VARIABLE}={AGENT_MARKER_VALUE}"
                 out.append(Execute("bind_meta_app", arg, self._tag("bind")))
+            if self.policy.aggression_key:
+                arg = f"{self.policy.aggression_key} b a set::{AGENT_MARKER_VARIABLE}={AGENT_FLAG_AGGRESSION}"
+                out.append(Execute("bind_meta_app", arg, self._tag("bind")))
             return out + self._prompt()
         return []
 
@@ -431,6 +455,15 @@ class ConsentCall:
     def _on_AgentWithdraw(self, ev: AgentWithdraw) -> list:
         return self._withdraw(BY_AGENT_KEY)
 
+    def _on_AgentFlag(self, ev: AgentFlag) -> list:
+        """Recorded whatever the consent state: a refused or withdrawn call has no recording
+        to hold, but the flag stays in the ledger. It changes nothing about consent: a
+        withdrawal still deletes (the hold is placed only on what gets sealed)."""
+        if ev.kind in self.flags:
+            return []
+        self.flags.add(ev.kind)
+        return [FlagCall(ev.kind, BY_AGENT_KEY)]
+
     def _on_WithdrawRequested(self, ev: WithdrawRequested) -> list:
         if self.outcome is None:
             # withdrawn before it was given: no recording, the call goes on
@@ -455,7 +488,7 @@ class ConsentCall:
             return []
         return self._recording_closed(ev.discarded)
 
-    def _recording_closed(self, discarded: bool) -> list:
+    def _recording_closed(self, discarded: bool, confirmed: bool = True) -> list:
         if self.rec not in (Rec.STARTING, Rec.ACTIVE):
             if self.rec is Rec.DELETED:
                 return [DeleteRecording(self.recording_id, "withdrawn")]  # a late write: delete again
@@ -464,7 +497,7 @@ class ConsentCall:
         if discarded:
             return [RecordingDiscarded(self.recording_id)]
         if self.consent_holds:
-            return [SealRecording(self.recording_id)]
+            return [SealRecording(self.recording_id, confirmed)]
         self.rec = Rec.DELETED
         return [DeleteRecording(self.recording_id, "no-consent")]
 
@@ -492,9 +525,9 @@ class ConsentCall:
     def _on_Disconnected(self, ev: Disconnected) -> list:
         out = self._on_HungUp(HungUp("DISCONNECTED")) if not self.hung_up else []
         if self.rec in (Rec.STARTING, Rec.ACTIVE):
-            # no RECORD_STOP will come (no linger, or the socket broke): the channel is
-            # gone, so FreeSWITCH has closed the file; settle it now
-            out += self._recording_closed(discarded=False)
+            # no RECORD_STOP will come (no linger, or the socket broke): FreeSWITCH closes
+            # the file as the channel goes, which may be just after the socket closed
+            out += self._recording_closed(discarded=False, confirmed=False)
         return out
 
     def _on_TimerFired(self, ev: TimerFired) -> list:

@@ -22,13 +22,14 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from . import consent, esl, ledger
+from . import consent, esl, holds, ledger
 from .consent import (
     CancelTimer,
     Decide,
     DeleteRecording,
     Execute,
     Finish,
+    FlagCall,
     MaskRecording,
     PlayToCaller,
     RecordingDiscarded,
@@ -45,6 +46,7 @@ from .spool import recording_path
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+UNCONFIRMED_SEAL_DELAY_S = 1.0  # no RECORD_STOP seen: give FreeSWITCH time to close the file
 EXIT_GRACE_S = 5.0  # after 'exit', FreeSWITCH closes at once; do not wait longer than this
 
 
@@ -62,6 +64,7 @@ class CallFacts:
     caller_hash: str | None = None
     caller_sealed: bytes | None = None
     answered_at: dt.datetime | None = None
+    menu_at: dt.datetime | None = None  # sent on into the menu: the wait for staff starts here
     bridged_at: dt.datetime | None = None
     hangup_cause: str | None = None
 
@@ -79,6 +82,7 @@ class CallSession:
     _apps: dict = field(default_factory=dict)  # Event-UUID -> machine tag
     _timers: dict = field(default_factory=dict)
     _deleted: set = field(default_factory=set)  # recording ids withdrawn in this call
+    _sealed: set = field(default_factory=set)  # recording ids sent to be sealed
     _backlog: list = field(default_factory=list)  # frames read with the handshake's last reply
     _lock: gevent.lock.RLock = field(default_factory=gevent.lock.RLock)
     _finished: bool = False
@@ -236,9 +240,12 @@ class CallSession:
             else:
                 self._feed(consent.AppCompleted(tag))
         elif name == "CHANNEL_EXECUTE":
-            marker = f"{consent.AGENT_MARKER_VARIABLE}={consent.AGENT_MARKER_VALUE}"
-            if ev.get("Application") == "set" and ev.get("Application-Data") == marker:
-                self._feed(consent.AgentWithdraw())
+            if ev.get("Application") == "set":
+                data = ev.get("Application-Data")
+                if data == f"{consent.AGENT_MARKER_VARIABLE}={consent.AGENT_MARKER_VALUE}":
+                    self._feed(consent.AgentWithdraw())
+                elif data == f"{consent.AGENT_MARKER_VARIABLE}={consent.AGENT_FLAG_AGGRESSION}":
+                    self._feed(consent.AgentFlag(consent.AGENT_FLAG_AGGRESSION))
         elif name == "DTMF":
             digit = ev.get("DTMF-Digit")
             if digit:
@@ -324,6 +331,8 @@ class CallSession:
         event_uuid = str(uuidlib.uuid4())
         self._apps[event_uuid] = cmd.tag
         self._send(esl.encode_execute(cmd.app, cmd.arg, event_uuid=event_uuid))
+        if cmd.tag.startswith("menu"):
+            self.facts.menu_at = ledger.utcnow()
 
     def _do_SetVariable(self, cmd: SetVariable) -> None:
         self._api(f"uuid_setvar {self.facts.uuid} {cmd.name} {cmd.value}")
@@ -346,6 +355,12 @@ class CallSession:
 
     def _do_DeleteRecording(self, cmd: DeleteRecording) -> None:
         rid = cmd.recording_id
+        if self._held(rid):
+            # sealed while the call went on, and held for the agent's flag: not erased
+            self.ctx.writer.submit(lambda: ledger.append_audit(
+                "server", "recording.delete.refused", "recording", rid, reason=cmd.reason,
+                holds=[h.id for h in holds.holds_on([rid])]))
+            return
         self._deleted.add(rid)
         self._path(rid).unlink(missing_ok=True)
         self.ctx.vault.delete(rid)
@@ -358,8 +373,19 @@ class CallSession:
 
         self.ctx.writer.submit(write)
 
+    def _held(self, recording_id: str) -> bool:
+        """Only a recording already sealed can be held; ask the ledger only then."""
+        if recording_id not in self._sealed:
+            return False
+        return holds.is_held(recording_id)
+
+    def _do_FlagCall(self, cmd: FlagCall) -> None:
+        facts, now = self.facts, ledger.utcnow()
+        self.ctx.writer.submit(lambda: holds.flag_call(facts.call_id, facts.uuid, cmd.kind, by=cmd.by, at=now))
+
     def _do_SealRecording(self, cmd: SealRecording) -> None:
-        self.ctx.seal_later(cmd.recording_id, self._deleted)
+        self._sealed.add(cmd.recording_id)
+        self.ctx.seal_later(cmd.recording_id, self._deleted, delay=0.0 if cmd.confirmed else UNCONFIRMED_SEAL_DELAY_S)
 
     def _do_RecordingDiscarded(self, cmd: RecordingDiscarded) -> None:
         rid = cmd.recording_id
@@ -399,7 +425,8 @@ class CallSession:
         self._finished = True
         facts, now = self.facts, ledger.utcnow()
         since = facts.answered_at or facts.started_at
-        wait = (facts.bridged_at - facts.answered_at).total_seconds() if facts.bridged_at and facts.answered_at else None
+        # wachttijd: from entering the menu to reaching staff (the consent prompt is not waiting)
+        wait = (facts.bridged_at - facts.menu_at).total_seconds() if facts.bridged_at and facts.menu_at else None
         self.ctx.writer.submit(lambda: Call.update(
             answered_at=facts.answered_at, bridged_at=facts.bridged_at, ended_at=now,
             duration_seconds=(now - since).total_seconds(), wait_seconds=wait,

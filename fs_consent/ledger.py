@@ -126,6 +126,57 @@ MODELS = [Meta, Call, Recording, ConsentEvent, AuditEntry]
 GENESIS_HASH = "0" * 64
 
 
+# --- retention, legal hold (holds.py, retention.py): new tables only ---------------
+
+
+class CallFlag(BaseModel):
+    """An agent's flag on a call (``aggression``), kept whatever became of the recording."""
+
+    call = ForeignKeyField(Call, backref="flags")
+    kind = CharField()
+    at = DateTimeField()
+    by = CharField()  # consent.BY_AGENT_KEY, or the OS user
+
+
+class LegalHold(BaseModel):
+    """A recording kept beyond its term and against erasure; active while ``released_at`` is NULL."""
+
+    recording = ForeignKeyField(Recording, backref="holds")
+    call = ForeignKeyField(Call, backref="holds")  # the recording's call: its record is kept too
+    flag = ForeignKeyField(CallFlag, null=True)  # the agent flag that placed it, if any
+    reason = CharField()  # aggression | intimidation | other
+    case_ref = CharField(null=True)  # None for a hold placed by an agent flag
+    note = TextField(null=True)
+    placed_at = DateTimeField()
+    placed_by = CharField()
+    released_at = DateTimeField(null=True, index=True)
+    released_by = CharField(null=True)
+    release_note = TextField(null=True)
+
+
+class PurgeRun(BaseModel):
+    seq = AutoField()
+    started_at = DateTimeField()
+    finished_at = DateTimeField(null=True)
+    actor = CharField()
+    as_of = DateTimeField()
+    status = CharField()  # running | done | interrupted
+    recordings_deleted = IntegerField(default=0)
+    calls_erased = IntegerField(default=0)
+    pending_completed = IntegerField(default=0)  # deletions an interrupted run left
+
+
+class PurgePending(BaseModel):
+    """Recordings a purge marked deleted whose files it has not yet removed (crash safety)."""
+
+    recording = ForeignKeyField(Recording, primary_key=True)
+    run = ForeignKeyField(PurgeRun)
+    batch = IntegerField()
+
+
+MODELS += [CallFlag, LegalHold, PurgeRun, PurgePending]
+
+
 def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, object_type: str,
                  object_id: str, detail: str) -> str:
     canonical = json.dumps([at.isoformat(), actor, action, object_type, object_id, detail],

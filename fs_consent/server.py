@@ -24,7 +24,7 @@ import gevent.event
 import gevent.pool
 from gevent.server import StreamServer
 
-from . import consent, keys, ledger, spool
+from . import consent, holds, keys, ledger, notify, spool
 from .control import ControlServer
 from .driver import CallSession
 from .ledger import Call, Recording
@@ -43,6 +43,7 @@ def policy_from_config(config) -> consent.Policy:
         timeout_ms=int(round(c.timeout * 1000)), tries=c.tries,
         prompt_file=c.prompts[c.language]["file"],
         withdraw_sequence=c.withdraw_sequence, agent_withdraw_key=c.agent_withdraw_key or None,
+        aggression_key=c.aggression_key or None,
         confirmation_file=confirmation, menu_app=m.app, menu_arg=m.arg,
         stereo=r.stereo, bridge_only=r.bridge_only, mask_on_hold=r.mask_on_hold,
         callback_withdrawal=c.callback_window > 0,
@@ -93,11 +94,14 @@ class ServerContext:
 
     # --- recordings ---------------------------------------------------------------
 
-    def seal_later(self, recording_id: str, withdrawn: set) -> None:
+    def seal_later(self, recording_id: str, withdrawn: set, *, delay: float = 0.0) -> None:
         """Seal in the background; a withdrawal that raced the seal still wins."""
-        self.seals.spawn(self._seal, recording_id, withdrawn)
+        self.seals.spawn(self._seal, recording_id, withdrawn, delay)
 
-    def _seal(self, recording_id: str, withdrawn: set) -> None:
+    def _seal(self, recording_id: str, withdrawn: set, delay: float = 0.0) -> None:
+        gevent.sleep(delay)
+        if recording_id in withdrawn:
+            return
         path = spool.recording_path(self.spool_dir, recording_id)
         try:
             sealed = self.vault.seal(path, recording_id)
@@ -121,6 +125,7 @@ class ServerContext:
                 return
             ledger.append_audit("server", "recording.seal", "recording", recording_id,
                                 size=sealed.size, sha256=sealed.sha256)
+            holds.hold_flagged(recording_id)  # the agent flagged aggression during the call
 
         self.writer.submit(write)
 
@@ -138,6 +143,7 @@ class ServerContext:
             Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=sealed.size,
                              sha256=sealed.sha256).where(Recording.id == recording_id).execute()
             ledger.append_audit("server", "recording.seal", "recording", recording_id, recovered=True)
+            holds.hold_flagged(recording_id)
 
         report = spool.recover(self.spool_dir, decide, seal)
         for recording_id in report.deleted:
@@ -165,6 +171,12 @@ class ServerContext:
                 if call.uuid not in self.registry:
                     withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",
                                         spool_dir=self.spool_dir, vault=self.vault)
+            # under legal hold: not erased; the privacy officer can see the caller asked
+            for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid,
+                                              held=True):
+                ledger.append_audit("server", "consent.withdraw.refused", "call", call.uuid, by=consent.BY_CALLBACK,
+                                    reason="legal-hold", holds=[h.id for h in holds.holds_on(
+                                        r.id for r in call.recordings)])
 
         self.writer.submit(write)
 
@@ -190,8 +202,12 @@ class ServerContext:
             if call is None:
                 result.set({"ok": False, "error": f"unknown call {call_uuid}"})
                 return
-            deleted = withdraw_ended_call(call, by=consent.BY_COMMAND, actor=actor,
-                                          spool_dir=self.spool_dir, vault=self.vault)
+            try:
+                deleted = withdraw_ended_call(call, by=consent.BY_COMMAND, actor=actor,
+                                              spool_dir=self.spool_dir, vault=self.vault)
+            except holds.RecordingHeld as exc:
+                result.set({"ok": False, "error": str(exc)})
+                return
             result.set({"ok": True, "live": False, "outcome": consent.WITHDRAWN, "deleted": deleted})
 
         self.writer.submit(write)
@@ -215,13 +231,17 @@ class ConsentServer:
         self._stopped = gevent.event.Event()
         self.listener: StreamServer | None = None
         self.control: ControlServer | None = None
+        self.checkpointer = None  # audit.Checkpointer: signs the audit trail's head now and then
 
     @property
     def address(self) -> tuple[str, int]:
         return self.listener.address[:2]
 
     def start(self) -> None:
+        from . import audit  # before the database opens: registers the checkpoint table
+
         self.ctx.open()
+        audit.record_startup(self.config)  # configuration and key changes since the last start
         report = self.ctx.recover_spool()
         if report.sealed or report.deleted:
             log.info("spool recovery: sealed=%d deleted=%d", len(report.sealed), len(report.deleted))
@@ -230,6 +250,8 @@ class ConsentServer:
         self.listener = StreamServer(parse_listen(self.config.server.listen), self._handle,
                                      spawn=gevent.pool.Pool(self.config.server.max_calls + 64))
         self.listener.start()  # binding errors surface here as OSError, not sys.exit
+        self.checkpointer = audit.Checkpointer(self.ctx.writer, Path(self.config.storage.keys_dir))
+        self.checkpointer.start()
         log.info("listening on %s:%d", *self.address)
 
     def _allowed(self, host: str) -> bool:
@@ -258,9 +280,23 @@ class ConsentServer:
         gevent.signal_handler(signal.SIGINT, self._stopped.set)
 
     def run_until_signalled(self) -> None:
-        """After start(): serve until a signal (or request_stop), then drain and stop."""
+        """After start(): tell systemd we are ready, serve until a signal, then drain and stop."""
+        host, port = self.address
+        notify.ready(f"listening on {host}:{port}")
+        interval = notify.watchdog_interval()
+        watchdog = gevent.spawn(self._feed_watchdog, interval) if interval else None
         self._stopped.wait()
+        notify.stopping(f"draining {len(self.ctx.registry)} live calls")
+        if watchdog is not None:
+            watchdog.kill()
         self.stop()
+
+    @staticmethod
+    def _feed_watchdog(interval: float) -> None:
+        """Runs on the hub: a hub stalled for WatchdogSec gets the service restarted."""
+        while True:
+            notify.watchdog()
+            gevent.sleep(interval)
 
     def request_stop(self) -> None:
         self._stopped.set()
@@ -284,4 +320,7 @@ class ConsentServer:
             self.listener.stop(timeout=1)
         if self.control is not None:
             self.control.stop()
+        if self.checkpointer is not None:  # a last checkpoint: the whole trail is signed at shutdown
+            self.ctx.seals.join(timeout=self.config.server.drain_seconds)  # (seals append entries too)
+            self.checkpointer.stop()
         self.ctx.close()

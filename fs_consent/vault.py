@@ -178,19 +178,28 @@ class Vault:
                 raise VaultError(reply["error"])
             return Sealed(out, reply["size"], reply["sha256"])
 
-    def delete(self, recording_id: str) -> bool:
-        """Remove the ciphertext and any stray ``.tmp``; True if something was removed."""
+    def delete(self, recording_id: str, *, sync: bool = True, tmp: bool = True) -> bool:
+        """Remove the ciphertext and any stray ``.tmp``; True if something was removed.
+
+        For the retention purge, which deletes many at once: ``sync=False`` leaves the
+        directory fsync to the caller (:meth:`sync`, once per batch), and ``tmp=False``
+        skips looking for a ``.tmp`` the caller knows is not there.
+        """
         path = self.path_for(recording_id)
         removed = False
-        for candidate in (path, path.with_name(path.name + ".tmp")):
+        for candidate in (path, path.with_name(path.name + ".tmp")) if tmp else (path,):
             try:
                 candidate.unlink()
                 removed = True
             except FileNotFoundError:
                 pass
-        if removed:
+        if removed and sync:
             fsync_dir(self.store_dir)
         return removed
+
+    def sync(self) -> None:
+        """Make deletions done with ``sync=False`` durable."""
+        fsync_dir(self.store_dir)
 
     def decrypt_to(self, recording_id_or_path: str | Path, identity, out: Path) -> str:
         """Decrypt a recording (id in this store, or a path to a ``.age`` file) to ``out``.

@@ -3,6 +3,9 @@
 Used by the callback rule (a refusal from the same number deletes its recent
 recordings), by ``fs-consent withdraw`` for an ended call, and by the server's
 control socket. A live call is withdrawn by its own driver instead.
+
+A recording under legal hold (``holds.py``) is not erased: the withdrawal of an ended
+call is refused with the hold named, and the callback rule skips held calls.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from . import consent, ledger
+from . import consent, holds, ledger
 from .ledger import Call, ConsentEvent, Recording
 
 
@@ -23,10 +26,16 @@ def erase_recording_files(recording_id: str, spool_dir: Path, vault) -> None:
 
 
 def withdraw_ended_call(call: Call, *, by: str, actor: str, spool_dir: Path, vault) -> list[str]:
-    """Delete the call's recordings and record the withdrawal. Returns the deleted ids."""
+    """Delete the call's recordings and record the withdrawal. Returns the deleted ids.
+
+    Raises ``holds.RecordingHeld`` (naming the hold), changing nothing, if a recording
+    of the call is under legal hold.
+    """
     now = ledger.utcnow()
     deleted = []
-    for rec in call.recordings.where(Recording.state != ledger.DELETED):
+    recordings = list(call.recordings.where(Recording.state != ledger.DELETED))
+    holds.refuse_if_held(rec.id for rec in recordings)
+    for rec in recordings:
         erase_recording_files(rec.id, spool_dir, vault)
         rec.state, rec.state_reason, rec.deleted_at = ledger.DELETED, "withdrawn", now
         rec.save()
@@ -40,9 +49,15 @@ def withdraw_ended_call(call: Call, *, by: str, actor: str, spool_dir: Path, vau
     return deleted
 
 
-def recent_recorded_calls(caller_hash: str, window: dt.timedelta, *, exclude_uuid: str) -> list[Call]:
-    """This number's ended, granted calls within the window that still have a recording."""
+def recent_recorded_calls(caller_hash: str, window: dt.timedelta, *, exclude_uuid: str,
+                          held: bool = False) -> list[Call]:
+    """This number's ended, granted calls within the window that still have a recording.
+
+    Calls with a recording under legal hold are left out (the callback rule skips them);
+    ``held=True`` returns just those instead, for the audit trail.
+    """
     since = ledger.utcnow() - window
+    held_calls = holds.held_calls()
     return list(
         Call.select()
         .join(Recording)
@@ -52,6 +67,7 @@ def recent_recorded_calls(caller_hash: str, window: dt.timedelta, *, exclude_uui
             & (Call.outcome == consent.GRANTED)
             & (Call.started_at >= since)
             & (Recording.state != ledger.DELETED)
+            & (Call.id.in_(held_calls) if held else Call.id.not_in(held_calls))
         )
         .distinct()
     )

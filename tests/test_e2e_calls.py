@@ -70,6 +70,9 @@ def test_silence_is_consent_and_the_recording_is_sealed_for_age(harness):
     assert info.channels == 2 and info.frames > 0
     call = harness.call_row(result.uuid)
     assert (call.outcome, call.decided_by) == ("granted", "silence")
+    # wait time counts from the menu to staff, not the consent prompt (0.25 s timeout here)
+    assert call.answered_at <= call.bridged_at <= call.ended_at
+    assert 0 < call.wait_seconds < 0.2 and call.duration_seconds > call.wait_seconds
     assert call.consent_mode == "opt-out" and call.prompt_id and call.prompt_version
     assert call.caller_hash and call.caller_sealed and b"0612345678" not in call.caller_sealed
     (rec,) = harness.recordings_of(result.uuid)

@@ -174,8 +174,26 @@ def test_loose_identity_file_is_refused(server):
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_config_value_names_the_key(server, tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_bad_config_value_names_the_key(server, tmp_path, where):
     config = tmp_path / "bad.toml"
     config.write_text('[consent]\ntimeout = "soon"\n')
-    proc = server.cli("--config", str(config), "serve", check=False)
+    args = ["--config", str(config), "serve"] if where == "before" else ["serve", "--config", str(config)]
+    proc = server.cli(*args, check=False)
     assert proc.returncode != 0 and "consent.timeout" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_tells_systemd_it_is_ready_only_once_listening(server, tmp_path):
+    """Type=notify: READY=1 arrives on $NOTIFY_SOCKET after the bind, STOPPING=1 on SIGTERM."""
+    notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_socket.bind(str(tmp_path / "notify"))
+    server.env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+    server.start()
+    with gevent.Timeout(10):
+        ready = notify_socket.recv(4096).decode()
+    assert "READY=1" in ready and f"127.0.0.1:{server.port}" in ready
+    socket.create_connection(("127.0.0.1", server.port), timeout=2).close()  # it is listening
+    server.proc.send_signal(signal.SIGTERM)
+    with gevent.Timeout(10):
+        assert "STOPPING=1" in notify_socket.recv(4096).decode()
+    assert server.proc.wait(timeout=30) == 0
