@@ -17,6 +17,8 @@ import pytest
 from fs_consent import spool
 from fs_consent.config import load_config
 
+from .test_freeswitch_kit import unit_settings  # one parser for every unit file
+
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install"
 UNINSTALL = REPO / "scripts" / "uninstall"
@@ -58,21 +60,6 @@ def tree(root: Path) -> dict[str, tuple]:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
-
-
-def unit_settings(path: Path) -> dict[str, dict[str, list[str]]]:
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        key, _, value = line.partition("=")
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
 
 
 @pytest.fixture
