@@ -24,6 +24,7 @@ from peewee import (
     BlobField,
     CharField,
     DatabaseProxy,
+    DateField,
     DateTimeField,
     FloatField,
     ForeignKeyField,
@@ -36,7 +37,7 @@ from playhouse.db_url import connect as connect_url
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # migrations.py upgrades older databases
 
 database = DatabaseProxy()
 
@@ -84,6 +85,9 @@ class Call(BaseModel):
     caller_sealed = BlobField(null=True)
     hangup_cause = CharField(null=True)
     recording_note = CharField(null=True)  # why a granted call has no recording (e.g. no-recipient)
+    # schema 2: when and why the personal fields (number, CallDetail) were erased
+    personal_erased_at = DateTimeField(null=True)
+    personal_erased_reason = CharField(null=True)  # retention | erasure:<request ref>
 
 
 class Recording(BaseModel):
@@ -175,6 +179,71 @@ class PurgePending(BaseModel):
 
 
 MODELS += [CallFlag, LegalHold, PurgeRun, PurgePending]
+
+
+# --- data subject rights (requests.py, subjects.py): schema version 2 ----------------
+
+
+class SubjectRequest(BaseModel):
+    """A data subject's request in the register; every subject action names one."""
+
+    ref = CharField(unique=True)
+    kind = CharField()  # access | erase | restrict | rectify | object
+    received_on = DateField()
+    due_on = DateField(index=True)  # received + 1 calendar month; + 3 after an extension
+    identity_verified_by = CharField()  # the OS user who recorded that the identity was checked
+    registered_at = DateTimeField()
+    note = TextField(null=True)
+    extended_at = DateTimeField(null=True)
+    extension_reason = TextField(null=True)
+    decision = CharField(null=True, index=True)  # granted | refused; NULL while open
+    decision_reason = TextField(null=True)
+    decided_at = DateTimeField(null=True)
+    decided_by = CharField(null=True)
+
+
+class Restriction(BaseModel):
+    """Art. 18: a call (record and recordings) that may only be stored; active while ``lifted_at`` is NULL.
+
+    Retention still applies: a restriction never makes data live longer.
+    """
+
+    call = ForeignKeyField(Call, backref="restrictions", on_delete="CASCADE")
+    request = ForeignKeyField(SubjectRequest)
+    placed_at = DateTimeField()
+    placed_by = CharField()
+    lifted_at = DateTimeField(null=True, index=True)
+    lifted_by = CharField(null=True)
+    lift_request = ForeignKeyField(SubjectRequest, null=True)
+
+
+class Objection(BaseModel):
+    """Art. 21: calls from this number are not recorded while ``withdrawn_at`` is NULL."""
+
+    caller_hash = CharField(index=True)  # protect.FieldProtector.lookup_hash("phone", ...)
+    request = ForeignKeyField(SubjectRequest)
+    placed_at = DateTimeField()
+    placed_by = CharField()
+    withdrawn_at = DateTimeField(null=True)
+    withdrawn_by = CharField(null=True)
+    withdraw_request = ForeignKeyField(SubjectRequest, null=True)
+
+
+class CallDetail(BaseModel):
+    """A personal field of a call set by rectification (name, address, subject), sealed only."""
+
+    call = ForeignKeyField(Call, backref="details", on_delete="CASCADE")
+    field = CharField()  # name | address | subject; also the protect.py kind
+    value_sealed = BlobField()
+    updated_at = DateTimeField()
+    updated_by = CharField()
+    request = ForeignKeyField(SubjectRequest)
+
+    class Meta:
+        indexes = ((("call", "field"), True),)
+
+
+MODELS += [SubjectRequest, Restriction, Objection, CallDetail]
 
 
 def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, object_type: str,

@@ -1,0 +1,7 @@
+"""CLI: subject export (right of access) and recordings play. Being written this session."""
+
+from __future__ import annotations
+
+
+def register(main) -> None:
+    """Add the commands to the main group."""

@@ -1,0 +1,7 @@
+"""CLI: the subject commands (find, erase, restrict, rectify, object). Being written this session."""
+
+from __future__ import annotations
+
+
+def register(main) -> None:
+    """Add the commands to the main group."""
