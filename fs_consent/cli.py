@@ -379,13 +379,12 @@ def accept_data_options_everywhere(group: click.Group) -> None:
         ]
 
 
+from .cli_access import register as register_access  # noqa: E402 - subject export, recordings play
 from .cli_audit import register as register_audit  # noqa: E402 - audit, report, compliance
-from .cli_retention import register as register_retention  # noqa: E402 - retention, hold, police export
-
 from .cli_ops import register as register_ops  # noqa: E402 - check
 from .cli_requests import register as register_requests  # noqa: E402 - the subject request register
+from .cli_retention import register as register_retention  # noqa: E402 - retention, hold, police export
 from .cli_subject import register as register_subject  # noqa: E402 - subject find/erase/restrict/...
-from .cli_access import register as register_access  # noqa: E402 - subject export, recordings play
 
 register_retention(main)
 register_audit(main)
