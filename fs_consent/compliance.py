@@ -16,6 +16,8 @@ The checks, each about one promise:
 * ``spool.plaintext``: no plaintext in the spool older than the longest live call;
 * ``keys.permissions``: private key files 0600 and ours, recipients not writable by
   others, the keys directory private;
+* ``requests.due``: no subject request is undecided past its due date (one calendar
+  month after receipt, three after an extension);
 * ``audit.chain``: the audit trail verifies (``fs-consent audit verify``).
 
 Retention terms come from the ``[retention]`` config section when there is one
@@ -498,6 +500,21 @@ def check_key_permissions(config, opts: Options) -> CheckResult:
     return CheckResult("keys.permissions", True, f"{', '.join(checked)} in {keys_dir} are private to this user")
 
 
+def check_requests_due(config, opts: Options) -> CheckResult:
+    from . import subject_requests
+
+    today = opts.now.replace(tzinfo=dt.timezone.utc).astimezone().date()  # due dates are local calendar days
+    late = subject_requests.rows(overdue_only=True, today=today)
+    if late:
+        named = [f"request {r['ref']} ({r['kind']}, due {r['due']}, {-r['days_left']} day(s) overdue)"
+                 for r in late[:SHOW]]
+        return CheckResult("requests.due", False, f"{len(late)} undecided past the due date: "
+                           + _listed(named, len(late)))
+    undecided = subject_requests.counts(today)["open"]
+    return CheckResult("requests.due", True, f"{undecided} undecided request(s), none past its due date "
+                       f"on {today.isoformat()}")
+
+
 def check_audit_chain(config, opts: Options) -> CheckResult:
     from .audit import trusted_keys, verify_trail
 
@@ -517,6 +534,7 @@ CHECKS: list[tuple[str, Callable[[object, Options], CheckResult]]] = [
     ("recordings.deleted", check_recordings_deleted),
     ("spool.plaintext", check_spool_plaintext),
     ("keys.permissions", check_key_permissions),
+    ("requests.due", check_requests_due),
     ("audit.chain", check_audit_chain),
 ]
 

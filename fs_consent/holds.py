@@ -29,7 +29,8 @@ from .spool import is_recording_id
 REASONS = ("aggression", "intimidation", "other")
 FLAG_KINDS = ("aggression",)  # agent flags that put the sealed recording under hold
 FLAG_NOTE = "placed by the agent's aggression key during the call"
-_CASE_REF = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+# a reference (police case, subject request): it may name files of an export, so nothing path-like
+REF_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 class HoldError(Exception):
@@ -45,7 +46,7 @@ def check_case_ref(value: str) -> str:
 
     It names files and directories of an export, so nothing path-like passes.
     """
-    if not isinstance(value, str) or not _CASE_REF.fullmatch(value):
+    if not isinstance(value, str) or not REF_PATTERN.fullmatch(value):
         raise HoldError(
             f"case reference {value!r} is not allowed: use 1 to 64 letters, digits, '.', '_' "
             "or '-', not starting with '.'"

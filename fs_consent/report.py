@@ -2,8 +2,8 @@
 
 Calls per day and per hour of the day, duration and wait time (mean, median, p90),
 consent outcomes and their rates, recordings stored / deleted by reason / held,
-retention compliance (anything stored past its term is a violation, listed) and,
-once a subject-request register exists, open and overdue requests.
+retention compliance (anything stored past its term is a violation, listed) and the
+subject-request register (open, overdue, decided, extended; overdue ones listed).
 
 The report is built in one pass over the calls (memory: two float arrays for the
 percentiles and one counter per day) and rendered as a table, JSON, CSV or one
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from . import consent, ledger
+from . import subject_requests as request_register
 from .compliance import legal_holds, overdue_calls, overdue_recordings, retention_terms
 from .durations import format_duration
 
@@ -44,6 +45,7 @@ OUTCOMES = (
 )
 MAX_DAYS = 3660  # days shown in the per-day series
 LIST_LIMIT = 1000  # violations listed (all are counted)
+REQUEST_FIGURES = ("open", "overdue", "granted", "refused", "extended")  # subject_requests.counts
 
 
 def outcome_of(outcome, decided_by, withdrawn_by, withdrawn_at, ended_at) -> str:
@@ -190,27 +192,18 @@ def build_report(config, *, since: dt.datetime | None = None, until: dt.datetime
                           + [{"kind": "call", **_plain(r)} for r in late_calls.rows],
         },
     }
-    requests = subject_requests(now)
-    if requests is not None:
-        report["subject_requests"] = requests
+    report["subject_requests"] = subject_requests(_local(now, zone).date())
     return report
 
 
-def subject_requests(now: dt.datetime) -> dict | None:
-    """Open and overdue subject requests, when a request register exists (issue 5)."""
-    model = getattr(ledger, "SubjectRequest", None)
-    if model is None or not model.table_exists():
-        return None
-    fields = model._meta.fields
-    closed = next((fields[n] for n in ("closed_at", "decided_at", "completed_at") if n in fields), None)
-    due = next((fields[n] for n in ("due_at", "deadline") if n in fields), None)
-    query = model.select()
-    if closed is not None:
-        query = query.where(closed.is_null())
-    result = {"open": query.count(), "overdue": None}
-    if due is not None:
-        result["overdue"] = query.where(due < now).count()
-    return result
+def subject_requests(today: dt.date) -> dict:
+    """The request register as of ``today`` (the local calendar date; not limited to the period):
+    open (undecided), overdue (of those), granted, refused, extended, and the overdue ones listed."""
+    figures = {"as_of": today.isoformat(), **request_register.counts(today)}
+    figures["overdue_requests"] = [
+        {"ref": row["ref"], "kind": row["kind"], "due": row["due"], "days_overdue": -row["days_left"]}
+        for row in request_register.rows(overdue_only=True, today=today)[:LIST_LIMIT]]
+    return figures
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -261,9 +254,11 @@ def render_table(r: dict) -> str:
     for v in ret["violations"]:
         what = f"recording {v['recording_id']}" if v["kind"] == "recording" else f"call {v['call_uuid']}"
         out.append(f"  {what}: {v['age_days']} days old (term {v['term']})")
-    if "subject_requests" in r:
-        sr = r["subject_requests"]
-        out += ["", f"subject requests: {sr['open']} open, {'-' if sr['overdue'] is None else sr['overdue']} overdue"]
+    sr = r["subject_requests"]
+    out += ["", f"subject requests on {sr['as_of']}: {sr['open']} open, {sr['overdue']} overdue, {sr['granted']} granted, "
+                f"{sr['refused']} refused, {sr['extended']} extended"]
+    for q in sr["overdue_requests"]:
+        out.append(f"  request {q['ref']} ({q['kind']}): due {q['due']}, {q['days_overdue']} day(s) overdue")
     return "\n".join(out)
 
 
@@ -302,9 +297,12 @@ def render_csv(r: dict) -> str:
     for v in ret["violations"]:
         ident = v["recording_id"] if v["kind"] == "recording" else v["call_uuid"]
         w.writerow([f"retention_violation_{v['kind']}", ident, v["age_days"], ""])
-    if "subject_requests" in r:
-        for k, v in r["subject_requests"].items():
-            w.writerow(["subject_requests", k, "" if v is None else v, ""])
+    sr = r["subject_requests"]
+    w.writerow(["subject_requests", "as_of", sr["as_of"], ""])
+    for k in REQUEST_FIGURES:
+        w.writerow(["subject_requests", k, sr[k], ""])
+    for q in sr["overdue_requests"]:
+        w.writerow(["subject_request_overdue", q["ref"], q["days_overdue"], ""])
     return buf.getvalue().rstrip("\n")
 
 
@@ -451,11 +449,15 @@ def render_html(r: dict) -> str:
                 f'call data {_e(ret["terms"]["calls"])} ({_e(ret["terms"]["source"])}).</p>{verdict}'
                 + ("<table><tr><th>kind</th><th>id</th><th>term counted from (UTC)</th><th>age (days)</th><th>term</th></tr>"
                    + rows + "</table>" if rows else "") + "</section>")
-    if "subject_requests" in r:
-        sr = r["subject_requests"]
-        body.append('<section id="requests"><h2>Subject requests</h2><div class="cards">'
-                    + card(sr["open"], "open") + card("-" if sr["overdue"] is None else sr["overdue"], "overdue")
-                    + "</div></section>")
+    sr = r["subject_requests"]
+    late = "".join(f"<tr><td>{_e(q['ref'])}</td><td>{_e(q['kind'])}</td><td>{_e(q['due'])}</td>"
+                   f"<td class=n>{_e(q['days_overdue'])}</td></tr>" for q in sr["overdue_requests"])
+    body.append(f'<section id="requests"><h2>Subject requests</h2><p>The register on {_e(sr["as_of"])}.</p>'
+                '<div class="cards">'
+                + "".join(card(sr[k], k) for k in REQUEST_FIGURES) + "</div>"
+                + ('<p class="bad">Overdue: undecided past the due date.</p><table><tr><th>request</th>'
+                   "<th>kind</th><th>due</th><th>days overdue</th></tr>" + late + "</table>" if late else "")
+                + "</section>")
     body.append("</main>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -237,6 +237,31 @@ def test_a_tampered_audit_trail(site):
     assert site.cli().exit_code == 1
 
 
+def test_a_subject_request_undecided_past_its_due_date(site):
+    from fs_consent import subject_requests as requests
+
+    today = site.now.replace(tzinfo=dt.timezone.utc).astimezone().date()  # due dates are local days
+    requests.add("R-recent", "access", today - 20 * DAY, actor="officer", today=today)
+    assert failing(site.check()) == set()
+    received = today - 70 * DAY
+    due = requests.due_date(received)
+    requests.add("R-late", "erase", received, actor="officer", today=today)
+    results = site.check()
+    assert failing(results) == {"requests.due"}
+    assert results["requests.due"].detail == (f"1 undecided past the due date: request R-late (erase, due "
+                                              f"{due.isoformat()}, {(today - due).days} day(s) overdue)")
+    out = site.cli()
+    assert out.exit_code == 1 and "FAIL requests.due: " in out.output
+    requests.extend("R-late", "many recordings to review", actor="officer", today=today)  # two more months
+    results = site.check()
+    assert failing(results) == set()
+    assert results["requests.due"].detail == f"2 undecided request(s), none past its due date on {today}"
+    requests.add("R-decided", "erase", today - 100 * DAY, actor="officer", today=today)
+    assert failing(site.check()) == {"requests.due"}
+    requests.decide("R-decided", "refused", "kept for a legal claim", actor="officer", today=today)  # late
+    assert failing(site.check()) == set()
+
+
 def test_after_real_calls_everything_complies(tmp_path):
     with Harness(tmp_path / "data") as h:
         h.call(digits=[None])

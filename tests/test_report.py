@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from peewee import CharField, DateTimeField
 
 from fs_consent import consent, keys, ledger, report
+from fs_consent import subject_requests as requests
 from fs_consent.cli import main
 
 from .e2e import make_config
@@ -105,7 +105,8 @@ def test_the_figures(site, known):
     assert (rec["stored"], rec["deleted"], rec["discarded"], rec["failed"]) == (2, 3, 1, 0)
     assert rec["deleted_by_reason"] == {"withdrawn": 3}
     assert r["retention"]["compliant"] and r["retention"]["violations"] == []
-    assert "subject_requests" not in r  # no register yet (issue 5)
+    assert r["subject_requests"] == {"as_of": "2026-11-20", "open": 0, "overdue": 0, "granted": 0, "refused": 0,
+                                     "extended": 0, "overdue_requests": []}
 
 
 def test_period_and_time_zone(site, known):
@@ -145,21 +146,76 @@ def test_retention_violations_are_listed(site, known):
         assert r["retention"]["recordings_past_term"] == 0 and r["recordings"]["held"] == 1
 
 
-def test_subject_requests_appear_once_the_register_exists(site, monkeypatch):
-    class SubjectRequest(ledger.BaseModel):
-        kind = CharField()
-        due_at = DateTimeField()
-        closed_at = DateTimeField(null=True)
+@pytest.fixture
+def register(site):
+    """Requests in every state on NOW's date (2026-11-20): two open (one past its due date), one
+    extended and still in time, one extended and overdue, one granted, one refused late."""
+    today = NOW.date()
 
-    ledger.database.create_tables([SubjectRequest])
-    monkeypatch.setattr(ledger, "SubjectRequest", SubjectRequest, raising=False)
-    SubjectRequest.create(kind="erasure", due_at=NOW + dt.timedelta(days=20))
-    SubjectRequest.create(kind="access", due_at=NOW - dt.timedelta(days=2))
-    SubjectRequest.create(kind="access", due_at=NOW - dt.timedelta(days=9), closed_at=NOW)
+    def add(ref, kind, received):
+        requests.add(ref, kind, received, actor="officer", note="Mr. Jansen, Dorpsstraat 1", today=today)
+
+    add("R-open", "access", dt.date(2026, 11, 1))  # due 2026-12-01
+    add("R-late", "erase", dt.date(2026, 10, 12))  # due 2026-11-12: 8 days overdue
+    add("R-ext", "rectify", dt.date(2026, 10, 1))  # due 2026-11-01, extended to 2027-01-01
+    requests.extend("R-ext", "many calls to go through", actor="officer", today=dt.date(2026, 10, 20))
+    add("R-ext-late", "object", dt.date(2026, 8, 19))  # extended to 2026-11-19: 1 day overdue
+    requests.extend("R-ext-late", "complex", actor="officer", today=dt.date(2026, 9, 1))
+    add("R-granted", "restrict", dt.date(2026, 9, 30))
+    requests.decide("R-granted", "granted", "identity and calls match", actor="officer", today=today)
+    add("R-refused", "erase", dt.date(2026, 6, 2))
+    requests.decide("R-refused", "refused", "kept for a legal claim", actor="officer", today=today)
+
+
+def test_subject_requests_in_the_report(site, register):
     r = build(site[1])
-    assert r["subject_requests"] == {"open": 2, "overdue": 1}
-    assert "subject requests: 2 open, 1 overdue" in report.render(r, "table")
-    assert 'id="requests"' in report.render(r, "html")
+    sr = r["subject_requests"]
+    assert {k: sr[k] for k in report.REQUEST_FIGURES} == {"open": 4, "overdue": 2, "granted": 1, "refused": 1,
+                                                          "extended": 2}
+    assert sr["overdue_requests"] == [  # soonest due first
+        {"ref": "R-late", "kind": "erase", "due": "2026-11-12", "days_overdue": 8},
+        {"ref": "R-ext-late", "kind": "object", "due": "2026-11-19", "days_overdue": 1}]
+    # on its due date a request is still in time; the day after, it is overdue
+    on_due = report.build_report(site[1], timezone="UTC", now=dt.datetime(2026, 11, 12, 23))["subject_requests"]
+    after = report.build_report(site[1], timezone="UTC", now=dt.datetime(2026, 11, 13, 1))["subject_requests"]
+    assert (on_due["overdue"], on_due["overdue_requests"]) == (0, [])
+    assert [q["ref"] for q in after["overdue_requests"]] == ["R-late"] and after["overdue"] == 1
+
+    # every rendering carries the same figures and names the same overdue requests
+    table = report.render(r, "table")
+    assert "subject requests on 2026-11-20: 4 open, 2 overdue, 1 granted, 1 refused, 2 extended" in table
+    assert "request R-late (erase): due 2026-11-12, 8 day(s) overdue" in table
+    assert "request R-ext-late (object): due 2026-11-19, 1 day(s) overdue" in table
+    assert json.loads(report.render(r, "json"))["subject_requests"] == sr
+    rows = list(csv.DictReader(io.StringIO(report.render(r, "csv"))))
+    figures = {row["item"]: row["value"] for row in rows if row["section"] == "subject_requests"}
+    assert figures == {"as_of": "2026-11-20", "open": "4", "overdue": "2", "granted": "1", "refused": "1",
+                       "extended": "2"}
+    assert [(row["item"], row["value"]) for row in rows if row["section"] == "subject_request_overdue"] == [
+        ("R-late", "8"), ("R-ext-late", "1")]
+    page = report.render(r, "html")
+    section = page[page.index('<section id="requests">'):]
+    section = section[:section.index("</section>")]
+    cards = dict((label, int(value)) for value, label in re.findall(r"<b>(\d+)</b><span>(\w+)</span>", section))
+    assert cards == {k: sr[k] for k in report.REQUEST_FIGURES}
+    assert re.findall(r"<tr><td>(R-[\w-]+)</td><td>\w+</td><td>([\d-]+)</td><td class=n>(\d+)</td>", section) == [
+        ("R-late", "2026-11-12", "8"), ("R-ext-late", "2026-11-19", "1")]
+    # no note or reason (free text, possibly personal) reaches any rendering
+    for fmt in report.REPORT_FORMATS:
+        out = report.render(r, fmt)
+        for text in ("Jansen", "Dorpsstraat", "many calls", "complex", "legal claim", "match"):
+            assert text not in out, (fmt, text)
+
+
+def test_subject_requests_count_on_the_report_time_zones_date(site):
+    """Due dates are calendar days where the municipality is: 23:30 UTC on the due date is already
+    the next day in Amsterdam (UTC+1 in November), so the request is overdue there."""
+    requests.add("R-1", "access", dt.date(2026, 10, 20), actor="officer", today=dt.date(2026, 10, 20))
+    late_evening = dt.datetime(2026, 11, 20, 23, 30)  # due 2026-11-20
+    in_utc = report.build_report(site[1], timezone="UTC", now=late_evening)["subject_requests"]
+    in_amsterdam = report.build_report(site[1], timezone="Europe/Amsterdam", now=late_evening)["subject_requests"]
+    assert (in_utc["as_of"], in_utc["overdue"]) == ("2026-11-20", 0)
+    assert (in_amsterdam["as_of"], in_amsterdam["overdue"]) == ("2026-11-21", 1)
 
 
 def test_every_format_from_the_command_line(site, known):
