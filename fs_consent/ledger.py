@@ -181,7 +181,7 @@ class PurgePending(BaseModel):
 MODELS += [CallFlag, LegalHold, PurgeRun, PurgePending]
 
 
-# --- data subject rights (requests.py, subjects.py): schema version 2 ----------------
+# --- data subject rights (subject_requests.py, subjects.py): schema version 2 ----------------
 
 
 class SubjectRequest(BaseModel):
@@ -257,10 +257,21 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def open_database(url: str) -> None:
-    """Bind the models to ``url`` and create or check the schema."""
+def open_database(url: str, *, migrate: bool = True, announce: Callable[[str], None] | None = None) -> None:
+    """Bind the models to ``url``; create the schema of a new database, upgrade an older one.
+
+    A database newer than this code raises ``migrations.SchemaTooNew`` (nothing changed); a
+    failed upgrade step raises ``migrations.MigrationFailed`` (the database stays at the
+    version before it). With ``migrate=False`` nothing is created or changed (a missing
+    SQLite file is a ``migrations.SchemaError``): for checks that only read the version.
+    """
+    from . import migrations
+
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
+        created = not path.exists()
+        if created and not migrate:
+            raise migrations.SchemaError(f"no ledger database at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         db = SqliteDatabase(
             str(path),
@@ -268,7 +279,6 @@ def open_database(url: str) -> None:
             pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1,
                      "busy_timeout": 5000},
         )
-        created = not path.exists()
     else:
         db = connect_url(url)
         created = False
@@ -276,16 +286,13 @@ def open_database(url: str) -> None:
     db.connect(reuse_if_open=True)
     if created:
         os.chmod(path, 0o600)
-    with db.atomic():
-        db.create_tables(MODELS, safe=True)
-        row = Meta.get_or_none(Meta.key == "schema_version")
-        if row is None:
-            Meta.create(key="schema_version", value=str(SCHEMA_VERSION))
-        elif int(row.value) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database has schema version {row.value}, newer than this fs-consent "
-                f"({SCHEMA_VERSION}); upgrade fs-consent"
-            )
+    if not migrate:
+        return
+    try:
+        migrations.prepare(db, announce=announce)
+    except Exception:
+        db.close()
+        raise
 
 
 def close_database() -> None:
