@@ -33,6 +33,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConsentConfig",
+    "FreeSwitchConfig",
     "ListenAddress",
     "LoggingConfig",
     "MenuConfig",
@@ -106,6 +107,7 @@ class ConsentConfig:
     callback_window: float  # seconds; 0 disables
     confirm_withdrawal: bool
     confirmation_prompts: Mapping[str, str]  # language -> playable (read-only mapping)
+    objection_prompt: str  # a number that objects (art. 21): "skip" the consent prompt or "play" it
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,15 @@ class RecordingConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str
+    format: str  # "kv" (key=value) or "json": one line per record (logs.py)
+
+
+@dataclass(frozen=True)
+class FreeSwitchConfig:
+    """FreeSWITCH's inbound event socket, for ``fs-consent check`` only (None: not set)."""
+
+    inbound: ListenAddress | None
+    password: str | None  # a secret: the config file must then not be world-readable
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,7 @@ class Config:
     recording: RecordingConfig
     logging: LoggingConfig
     retention: RetentionConfig
+    freeswitch: FreeSwitchConfig
     config_file: Path | None = None  # the file that was read, if any
 
     def describe(self) -> list[tuple[str, str]]:
@@ -290,6 +302,7 @@ def _build(v: dict[str, object]) -> Config:
         recording=section(RecordingConfig, "recording"),
         logging=section(LoggingConfig, "logging"),
         retention=section(RetentionConfig, "retention"),
+        freeswitch=section(FreeSwitchConfig, "freeswitch"),
     )
 
 
@@ -528,6 +541,33 @@ def _show_database(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def _optional_address(raw, base) -> ListenAddress | None:
+    """``HOST:PORT`` of a service we connect to; "" means not configured."""
+    if raw == "":
+        return None
+    address = _listen(raw, base)
+    if address.port == 0:
+        raise ValueError(f"port must be 1 to 65535, got {_brief(raw)}")
+    return address
+
+
+def _secret(raw, base) -> str | None:
+    """A password; "" means not set. Never echoed in an error message."""
+    if not isinstance(raw, str):
+        raise ValueError("expected a password in quotes")
+    if _CONTROL.search(raw) or raw != raw.strip():
+        raise ValueError("must be one line without control characters or surrounding spaces")
+    return raw or None
+
+
+def _show_optional(value: object) -> str:
+    return "(not set)" if value is None else str(value)
+
+
+def _show_secret(value: str | None) -> str:
+    return "(not set)" if value is None else "***"
+
+
 _PROMPT_FIELDS = ("file", "id", "version")
 
 
@@ -577,6 +617,7 @@ _SCHEMA: dict = {
         "confirmation_prompts": {
             lang: _Key(_playable, f"{SOUNDS_DIR}/withdrawn-{lang}.wav") for lang in LANGUAGES
         },
+        "objection_prompt": _Key(_choice("skip", "play"), "skip"),
     },
     "menu": {
         "app": _Key(_app_name, "execute_extension"),
@@ -589,10 +630,15 @@ _SCHEMA: dict = {
     },
     "logging": {
         "level": _Key(_choice("debug", "info", "warning", "error"), "info"),
+        "format": _Key(_choice("kv", "json"), "kv"),
     },
     "retention": {
         "recordings": _Key(_term, "60d", format_duration),
         "call_records": _Key(_term, "365d", format_duration),
+    },
+    "freeswitch": {
+        "inbound": _Key(_optional_address, "", _show_optional),
+        "password": _Key(_secret, "", _show_secret),
     },
 }
 

@@ -313,7 +313,8 @@ def _swap_recipient(text: str, old: str | None, new: str) -> str:
 
 def _ensure_dir(keys_dir: Path) -> None:
     if not keys_dir.exists():
-        keys_dir.mkdir(mode=0o700, parents=True)
+        keys_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir, if keys come first
+        keys_dir.mkdir(mode=0o700)
         os.chmod(keys_dir, 0o700)  # mkdir's mode is subject to the umask
     elif not keys_dir.is_dir():
         raise KeyFileError(f"{keys_dir} is not a directory")

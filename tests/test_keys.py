@@ -27,6 +27,7 @@ def test_ensure_keys_creates_private_files_and_announces_once(tmp_path):
     keys_dir = tmp_path / "data" / "keys"
     messages = keys.ensure_keys(keys_dir)
     assert mode(keys_dir) == 0o700
+    assert mode(keys_dir.parent) == 0o700  # the data dir it made holds the database too
     assert mode(keys_dir / keys.IDENTITY_FILE) == 0o600
     assert mode(keys_dir / keys.FIELD_KEY_FILE) == 0o600
     assert mode(keys_dir / keys.RECIPIENTS_FILE) == 0o644
