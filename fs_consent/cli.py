@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, logs
+from .cli_access import legal_claim_option
 from .output import FORMATS, render
 from .scenarios import SCENARIO_NAMES
-
-log = logging.getLogger("fs_consent")
 
 
 class Context:
     """Loads the configuration once, opens the ledger on demand."""
 
-    def __init__(self, config_path: Path | None, data_dir: Path | None):
+    def __init__(self, config_path: Path | None, data_dir: Path | None, log_level: str | None = None):
         self.config_path, self.data_dir = config_path, data_dir
+        self.log_level = log_level  # the main group's --log-level: logging set up for any command
         self._config = None
         self._db_open = False
 
@@ -31,13 +30,19 @@ class Context:
                 self._config = load_config(self.config_path, data_dir=self.data_dir, **overrides)
             except ConfigError as exc:
                 raise click.ClickException(str(exc)) from None
+            if self.log_level:  # now the configured format is known
+                logs.setup(self.log_level, self._config.logging.format)
         return self._config
 
     def ledger(self):
         from . import ledger
+        from .migrations import SchemaError
 
         if not self._db_open:
-            ledger.open_database(self.config().storage.database)
+            try:  # an older schema is upgraded here (said on stderr); a newer one is refused
+                ledger.open_database(self.config().storage.database, announce=lambda m: click.echo(m, err=True))
+            except SchemaError as exc:
+                raise click.ClickException(str(exc)) from None
             self._db_open = True
         return ledger
 
@@ -59,20 +64,19 @@ format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), defa
               help="TOML config file (env FS_CONSENT_CONFIG). Without one, embedded defaults apply.")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="FS_CONSENT_DATA_DIR",
               help="Data directory: database, keys, store, spool (env FS_CONSENT_DATA_DIR).")
+@click.option("--log-level", type=click.Choice(logs.LEVELS), default=None,
+              help="Log from this level up, one structured line per record on stderr (any command).")
 @click.version_option(__version__, prog_name="fs-consent")
 @click.pass_context
-def main(click_ctx, config_path, data_dir):
+def main(click_ctx, config_path, data_dir, log_level):
     """fs-consent: ask every caller for recording consent, record only with it,
     delete on withdrawal, encrypt every recording at rest.
 
     Start with `fs-consent serve`, then `fs-consent simulate` to see calls go through.
     """
-    click_ctx.obj = Context(config_path, data_dir)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    click_ctx.obj = Context(config_path, data_dir, log_level)
+    if log_level:
+        logs.setup(log_level)  # the config's logging.format applies once it is loaded
 
 
 # --- serve --------------------------------------------------------------------
@@ -80,8 +84,8 @@ def setup_logging(level: str) -> None:
 
 @main.command()
 @click.option("--listen", metavar="HOST:PORT", help="Address FreeSWITCH connects to (default 127.0.0.1:8040).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
-              help="Overrides logging.level from the config.")
+@click.option("--log-level", type=click.Choice(logs.LEVELS), default=None,
+              help="Overrides logging.level from the config (and the main --log-level).")
 @pass_ctx
 def serve(ctx: Context, listen, log_level):
     """Run the ESL server that FreeSWITCH's `socket` application connects to.
@@ -92,8 +96,8 @@ def serve(ctx: Context, listen, log_level):
     from .server import ConsentServer
 
     config = ctx.config(**({"listen": listen} if listen else {}))
-    setup_logging(log_level or config.logging.level)
-    server = ConsentServer(config, announce=lambda m: click.echo(m, err=True))
+    logs.setup(log_level or ctx.log_level or config.logging.level, config.logging.format)
+    server = ConsentServer(config, announce=logs.announce)
     try:
         server.start()
     except OSError as exc:
@@ -102,7 +106,7 @@ def serve(ctx: Context, listen, log_level):
         raise click.ClickException(str(exc)) from None
     server.install_signal_handlers()
     host, port = server.address
-    click.echo(f"fs-consent listening on {host}:{port} (data dir {config.storage.data_dir})", err=True)
+    logs.announce(f"fs-consent listening on {host}:{port}", data_dir=str(config.storage.data_dir))
     server.run_until_signalled()
 
 
@@ -198,7 +202,7 @@ def calls_show(ctx: Context, call_uuid, fmt):
 
 @main.group("recordings")
 def recordings_group():
-    """Encrypted recordings: list, show, export (decrypt, audited)."""
+    """Encrypted recordings: list, show, export, play (decrypt, audited)."""
 
 
 @recordings_group.command("list")
@@ -244,23 +248,32 @@ def recordings_show(ctx: Context, recording_id, fmt):
 @click.option("--to-recipient", metavar="AGE_PUBLIC_KEY",
               help="With --case: re-encrypt the recording to the police's age key (never plaintext on disk).")
 @click.option("--with-caller-number", is_flag=True, help="With --case: put the caller's number in the manifest.")
+@legal_claim_option
 @pass_ctx
-def recordings_export(ctx: Context, recording_id, out, identity, case_ref, to_recipient, with_caller_number):
+def recordings_export(ctx: Context, recording_id, out, identity, case_ref, to_recipient, with_caller_number,
+                      legal_claim):
     """Decrypt a sealed recording to a WAV file (mode 0600). The export is audited.
 
-    With --case, write a police export instead (see `fs-consent verify-export`).
+    With --case, write a police export instead (see `fs-consent verify-export`). A
+    recording of a restricted call (art. 18) is refused unless --legal-claim is given;
+    its REASON is recorded in the audit trail.
     """
-    from . import keys
+    from . import keys, subjects
     from .vault import VaultError
 
     if case_ref is not None or to_recipient is not None or with_caller_number:
         from .cli_retention import police_export
 
-        return police_export(ctx, recording_id, out, identity, case_ref, to_recipient, with_caller_number)
+        return police_export(ctx, recording_id, out, identity, case_ref, to_recipient, with_caller_number,
+                             legal_claim)
     ledger = ctx.ledger()
     rec = get_recording(ledger, recording_id)
     if rec.state != ledger.SEALED:
         raise click.ClickException(f"recording {recording_id} is {rec.state}, not sealed: nothing to export")
+    try:
+        restriction = subjects.refuse_if_restricted(rec.call_id, legal_claim=legal_claim)
+    except subjects.RecordingRestricted as exc:
+        raise click.ClickException(str(exc)) from None
     if out.exists():
         raise click.ClickException(f"{out} exists; refusing to overwrite")
     try:
@@ -269,7 +282,8 @@ def recordings_export(ctx: Context, recording_id, out, identity, case_ref, to_re
     except (keys.KeyFileError, VaultError) as exc:
         raise click.ClickException(str(exc)) from None
     ledger.append_audit(ledger.os_user(), "recording.export", "recording", recording_id, sha256=digest,
-                        out=str(out.resolve()))
+                        out=str(out.resolve()), legal_claim=legal_claim,
+                        restriction=restriction.request.ref if restriction else None)
     click.echo(f"wrote {out} (sha256 {digest})")
 
 

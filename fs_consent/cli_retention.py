@@ -190,8 +190,13 @@ def hold_list(ctx, include_released, case_ref, fmt):
 # --- police export --------------------------------------------------------------------
 
 
-def police_export(ctx, recording_id, out, identity, case_ref, to_recipient, with_caller_number) -> None:
-    """``recordings export ID --case REF --out DIR``: called by that command in cli.py."""
+def police_export(ctx, recording_id, out, identity, case_ref, to_recipient, with_caller_number,
+                  legal_claim=None) -> None:
+    """``recordings export ID --case REF --out DIR``: called by that command in cli.py.
+
+    A restricted call's recording needs ``--legal-claim`` here too: a police case is a
+    legal claim, but overriding a restriction must be a conscious, audited choice.
+    """
     from .ledger import os_user
     from .police_export import ExportError, export
 
@@ -202,7 +207,7 @@ def police_export(ctx, recording_id, out, identity, case_ref, to_recipient, with
     try:
         result = export(recording_id, case_ref=case_ref, out_dir=out, keys_dir=Path(config.storage.keys_dir),
                         vault=ctx.vault(), actor=os_user(), identity_path=identity, recipient=to_recipient,
-                        include_number=with_caller_number)
+                        include_number=with_caller_number, legal_claim=legal_claim)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote the export for case {case_ref} to {result.out_dir}: {', '.join(result.files)}")

@@ -165,14 +165,15 @@ def overdue_recordings(terms: RetentionTerms, holds: Holds, now: dt.datetime, *,
 def overdue_calls(terms: RetentionTerms, holds: Holds, now: dt.datetime, *, grace: float = 0.0,
                   limit: int = 1000) -> Overdue:
     """Call records that ended longer ago than their term and still hold personal fields
-    (the caller's number: ``caller_hash``/``caller_sealed``), not under a legal hold.
-    What remains of a call once those are erased is anonymous statistics."""
+    (the caller's number or a rectified detail: ``retention.has_personal_fields``), not under a
+    legal hold. What remains of a call once those are erased is anonymous statistics."""
     from .ledger import Call
+    from .retention import has_personal_fields
 
     cutoff = now - dt.timedelta(seconds=terms.calls + grace)
     found = Overdue()
     query = (Call.select(Call.id, Call.uuid, Call.ended_at)
-             .where((Call.ended_at < cutoff) & (Call.caller_hash.is_null(False) | Call.caller_sealed.is_null(False)))
+             .where((Call.ended_at < cutoff) & has_personal_fields())
              .order_by(Call.ended_at).tuples())
     for call_id, call_uuid, ended_at in query.iterator():
         if call_id in holds.call_ids:

@@ -12,6 +12,10 @@ The rules (../shared/seed, DESIGN.md §1):
 * consent can be withdrawn during the call (caller keys, agent key, command):
   recording stops and every byte of it is deleted, and nothing restarts;
 * a refusal withdraws consent for the same number's recent recorded calls (callback);
+* a number that objects (art. 21, ``objections.py``) is refused before anything is played:
+  nothing is recorded, and the caller either goes straight on to the menu or hears the
+  prompt like any caller (``Policy.objection_prompt``); the answer changes nothing, except
+  that the refuse digit still withdraws the earlier recordings (the callback rule);
 * the agent may flag aggression: the flag is kept, and a recording sealed with consent
   is put under legal hold (the hold itself is ledger business: ``holds.py``);
 * fail open for the call, fail closed for the recording.
@@ -70,6 +74,7 @@ class Policy:
     mask_on_hold: bool = True
     callback_withdrawal: bool = True
     decision_deadline_s: float = 120.0
+    objection_prompt: str = "skip"  # an objecting number: "skip" the prompt, or "play" it all the same
 
     @property
     def opt_in(self) -> bool:
@@ -93,7 +98,7 @@ class CallStarted:
     """The handshake is done. ``can_record`` is False when there is no valid recipient."""
 
     can_record: bool = True
-    objection: bool = False  # the number objects to recording (art. 21): no prompt, no recording
+    objection: bool = False  # the number objects to recording (art. 21): refused, never recorded
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,7 @@ class ConsentCall:
     decided_by: str | None = None
     withdrawn: bool = False
     can_record: bool = True
+    objection: bool = False
     plays: int = 0
     digits: str = ""
     menu_started: bool = False
@@ -408,12 +414,15 @@ class ConsentCall:
     def _on_CallStarted(self, ev: CallStarted) -> list:
         if self.phase is not Phase.NEW:
             return []
-        self.can_record = ev.can_record
+        self.can_record = ev.can_record and not ev.objection
         self.phase = Phase.ANSWERING
         out = [StartTimer(DECISION_DEADLINE_TIMER, self.policy.decision_deadline_s)]
         if ev.objection:
-            self.phase = Phase.PROMPTING
-            return out + self._decide(REFUSED, BY_OBJECTION) + self._continue()
+            # decided before a word is played; the deadline timer stays, so a caller whose
+            # answer or prompt never completes is still sent on into the menu
+            self.objection = True
+            self.outcome, self.decided_by = REFUSED, BY_OBJECTION
+            out += [Decide(REFUSED, BY_OBJECTION), SetVariable("fs_consent", REFUSED)]
         return out + [Execute("answer", None, self._tag("answer"))]
 
     def _on_AppCompleted(self, ev: AppCompleted) -> list:
@@ -426,19 +435,35 @@ class ConsentCall:
             if self.policy.aggression_key:
                 arg = f"{self.policy.aggression_key} b a set::{AGENT_MARKER_VARIABLE}={AGENT_FLAG_AGGRESSION}"
                 out.append(Execute("bind_meta_app", arg, self._tag("bind")))
+            if self.objection and self.policy.objection_prompt == "skip":
+                return out + self._continue_objecting()
             return out + self._prompt()
         return []
+
+    def _continue_objecting(self) -> list:
+        return [CancelTimer(DECISION_DEADLINE_TIMER)] + self._continue()
+
+    def _replays(self, digit: str | None) -> bool:
+        """A digit that means nothing replays the prompt while tries are left."""
+        p = self.policy
+        meaningful = digit == p.refuse_digit or (p.opt_in and digit == p.grant_digit)
+        return digit is not None and not meaningful and self.plays < p.tries
 
     def _on_PromptAnswered(self, ev: PromptAnswered) -> list:
         if ev.tag != self._prompt_tag or self.phase is not Phase.PROMPTING or self.hung_up:
             return []
         p, digit = self.policy, ev.digit
+        if self._replays(digit):
+            return self._prompt()
+        if self.objection:
+            # the refusal by objection stands whatever the answer; but the refuse digit is the
+            # statement's "call again and press 1": it still withdraws the earlier recordings
+            callback = digit == p.refuse_digit and p.callback_withdrawal
+            return ([WithdrawEarlierCalls()] if callback else []) + self._continue_objecting()
         if digit == p.refuse_digit:
             return self._refuse(BY_KEY)
         if p.opt_in and digit == p.grant_digit:
             return self._grant(BY_KEY)
-        if digit is not None and self.plays < p.tries:
-            return self._prompt()
         # silence, or wrong digits until the tries ran out
         return self._refuse(BY_SILENCE) if p.opt_in else self._grant(BY_SILENCE)
 
@@ -531,8 +556,12 @@ class ConsentCall:
         return out
 
     def _on_TimerFired(self, ev: TimerFired) -> list:
-        if ev.name == DECISION_DEADLINE_TIMER and self.outcome is None and not self.hung_up:
+        if ev.name != DECISION_DEADLINE_TIMER or self.hung_up:
+            return []
+        if self.outcome is None:
             return self._decide(ERROR, BY_FAILURE) + self._continue()
+        if self.objection:
+            return self._continue()  # answering or the prompt never completed
         return []
 
     def _on_Failed(self, ev: Failed) -> list:

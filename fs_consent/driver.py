@@ -7,7 +7,10 @@ queue), spool and vault operations.
 
 Fail open for the call, fail closed for the recording: any exception while
 handling an event becomes ``consent.Failed``, which stops and deletes the
-recording and still sends the caller on into the menu.
+recording and still sends the caller on into the menu. The same goes for the
+objection look-up at the start of a call (``objections.active``): when the ledger
+cannot say whether the number objects, the call is not recorded (outcome ``error``,
+note ``objection-unknown``) and goes straight on into the menu.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from . import consent, esl, holds, ledger
+from . import consent, esl, holds, ledger, objections
 from .consent import (
     CancelTimer,
     Decide,
@@ -41,6 +44,7 @@ from .consent import (
     WithdrawEarlierCalls,
 )
 from .ledger import Call, ConsentEvent, Recording
+from .logs import fields
 from .spool import recording_path
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ class CallFacts:
     menu_at: dt.datetime | None = None  # sent on into the menu: the wait for staff starts here
     bridged_at: dt.datetime | None = None
     hangup_cause: str | None = None
+    objection: bool | None = False  # the number objects to recording (art. 21); None: the ledger could not say
 
 
 @dataclass
@@ -125,7 +130,9 @@ class CallSession:
             return
         self.ctx.registry[self.facts.uuid] = self
         try:
-            self._feed(consent.CallStarted(can_record=self.ctx.vault_ready, objection=False))
+            self._feed(consent.CallStarted(can_record=self.ctx.vault_ready, objection=self.facts.objection is True))
+            if self.facts.objection is None:
+                self._feed(consent.Failed("objection-unknown"))
             backlog, self._backlog = self._backlog, []
             for msg in backlog:
                 self._dispatch(msg)
@@ -157,14 +164,19 @@ class CallSession:
             if not (answer.reply_text or "").startswith("+OK"):
                 raise esl.ProtocolError(f"'{line}' was refused")
         self.machine = consent.ConsentCall(policy=self.ctx.policy, recording_id=uuidlib.uuid4().hex)
+        self.facts.objection = self._objection()
         facts, policy, ctx = self.facts, self.ctx.policy, self.ctx
+        note = None  # why the call is not recorded whatever the caller says
+        if facts.objection is None:
+            note = "objection-unknown"
+        elif not ctx.vault_ready:
+            note = "no-recipient"
 
         def write():
             facts.call_id = Call.insert(
                 uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
                 language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
-                caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed,
-                recording_note=None if ctx.vault_ready else "no-recipient",
+                caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed, recording_note=note,
             ).execute()
 
         self.ctx.writer.submit(write)
@@ -193,6 +205,21 @@ class CallSession:
         if normalised:
             self.facts.caller_hash = self.ctx.protector.lookup_hash("phone", normalised)
             self.facts.caller_sealed = self.ctx.protector.seal("phone", number)
+
+    def _objection(self) -> bool | None:
+        """Whether the caller's number objects to recording; None if the ledger could not say.
+
+        One indexed read, straight from the call's greenlet (it must be known before the
+        first command). An anonymous caller has no number to object with.
+        """
+        if not self.facts.caller_hash:
+            return False
+        try:
+            return objections.active(self.facts.caller_hash) is not None
+        except Exception as exc:  # noqa: BLE001 - fail closed for the recording, open for the call
+            log.error("call %s: objection look-up failed (%s): the call is not recorded",
+                      self.facts.uuid, type(exc).__name__)
+            return None
 
     def _close(self) -> None:
         if self._closed:
@@ -408,6 +435,7 @@ class CallSession:
             ledger.append_audit("server", f"consent.{kind}", "call", facts.uuid, outcome=cmd.outcome, by=cmd.by)
 
         self.ctx.writer.submit(write)
+        log.debug("consent %s", kind, extra=fields(call=facts.uuid, outcome=cmd.outcome, by=cmd.by))
 
     def _do_WithdrawEarlierCalls(self, cmd: WithdrawEarlierCalls) -> None:
         if self.facts.caller_hash:
@@ -427,10 +455,13 @@ class CallSession:
         since = facts.answered_at or facts.started_at
         # wachttijd: from entering the menu to reaching staff (the consent prompt is not waiting)
         wait = (facts.bridged_at - facts.menu_at).total_seconds() if facts.bridged_at and facts.menu_at else None
+        duration = (now - since).total_seconds()
         self.ctx.writer.submit(lambda: Call.update(
             answered_at=facts.answered_at, bridged_at=facts.bridged_at, ended_at=now,
-            duration_seconds=(now - since).total_seconds(), wait_seconds=wait,
+            duration_seconds=duration, wait_seconds=wait,
             hangup_cause=facts.hangup_cause).where(Call.id == facts.call_id).execute())
+        log.info("call ended", extra=fields(call=facts.uuid, outcome=self.machine.outcome,
+                                            hangup_cause=facts.hangup_cause, seconds=round(duration, 1)))
         self._maybe_exit()
 
     def _maybe_exit(self) -> None:

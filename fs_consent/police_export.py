@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import __version__, holds, keys, ledger
+from . import __version__, holds, keys, ledger, subjects
 from .ledger import CallFlag, Recording
 from .seal_worker import HashingWriter, discard, fsync_dir
 from .spool import is_recording_id
@@ -64,7 +64,7 @@ def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="microseconds") + "Z"
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
+def sha256_file(path: Path) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     with open(path, "rb", buffering=_BUFFER) as f:
         while chunk := f.read(_BUFFER):
@@ -103,18 +103,17 @@ class ExportResult:
 
 def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, vault, actor: str,
            identity_path: Path | None = None, recipient: str | None = None,
-           include_number: bool = False) -> ExportResult:
-    """Write the export package; everything is checked before the first byte is written."""
+           include_number: bool = False, legal_claim: str | None = None) -> ExportResult:
+    """Write the export package; everything is checked before the first byte is written.
+
+    A recording of a restricted call (art. 18) is exported only with ``legal_claim``
+    (the reason, audited): a police case is such a claim, but it must be a conscious choice.
+    """
     try:
         holds.check_case_ref(case_ref)
     except holds.HoldError as exc:
         raise ExportError(str(exc)) from None
-    police = None
-    if recipient is not None:
-        try:
-            police = pyrage.x25519.Recipient.from_str(recipient.strip())
-        except pyrage.RecipientError:
-            raise ExportError("--to-recipient is not an age X25519 public key (expected age1...)") from None
+    police = parse_recipient(recipient) if recipient is not None else None
     rec = Recording.get_or_none(Recording.id == recording_id) if is_recording_id(recording_id) else None
     if rec is None:
         raise ExportError(f"no recording with id {recording_id}")
@@ -122,14 +121,11 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
         when = f" on {rec.deleted_at.isoformat(timespec='seconds')}Z" if rec.deleted_at else ""
         detail = f"was deleted{when} ({rec.state_reason})" if rec.state == ledger.DELETED else f"is {rec.state}"
         raise ExportError(f"recording {recording_id} {detail}: there is nothing to export")
-    store_file = vault.path_for(rec.id)
     try:
-        store_sha, store_size = _sha256_file(store_file)
-    except OSError as exc:
-        raise ExportError(f"cannot read {store_file}: {exc.strerror}") from None
-    if rec.sha256 and store_sha != rec.sha256:
-        raise ExportError(f"{store_file} does not match the ledger (sha256 {store_sha}, sealed as {rec.sha256}): "
-                          "it was altered or damaged; not exporting it")
+        restriction = subjects.refuse_if_restricted(rec.call_id, legal_claim=legal_claim)
+    except subjects.RecordingRestricted as exc:
+        raise ExportError(str(exc)) from None
+    store_file, store_sha, store_size = checked_store_file(vault, rec)
     try:
         signing_key = keys.load_signing_key(keys_dir)
         identity = keys.load_identity(keys_dir, identity_path)
@@ -138,7 +134,7 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
         raise ExportError(str(exc)) from None
     signer = keys.signing_public_key(signing_key)
 
-    created_dir = _prepare_dir(out_dir)
+    created_dir = prepare_dir(out_dir)
     written: list[Path] = []
     try:
         name = f"{case_ref}-{rec.id}.wav" + (".age" if police else "")
@@ -148,25 +144,19 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
             written.append(target)
             entry = {"name": name, "sha256": file_sha, "size": target.stat().st_size, "encryption": "none"}
         else:
-            plain_sha, plain_size = _reencrypt(store_file, identity, police, target, written)
-            file_sha, file_size = _sha256_file(target)
+            plain_sha, plain_size = reencrypt(store_file, identity, police, target, written)
+            file_sha, file_size = sha256_file(target)
             entry = {"name": name, "sha256": file_sha, "size": file_size, "encryption": "age",
                      "recipient": str(police), "plaintext_sha256": plain_sha, "plaintext_size": plain_size}
         manifest = _manifest(rec, case_ref, entry, store_sha, store_size, signer, actor,
                              number if include_number else _OMITTED)
         data = canonical(manifest)
-        _write_new(out_dir / MANIFEST, data, written)
+        write_new(out_dir / MANIFEST, data, written)
         signature = base64.b64encode(signing_key.sign(data)) + b"\n"
-        _write_new(out_dir / SIGNATURE, signature, written)
+        write_new(out_dir / SIGNATURE, signature, written)
         fsync_dir(out_dir)
     except BaseException as exc:
-        for path in written:
-            discard(path)
-        if created_dir:
-            try:
-                out_dir.rmdir()
-            except OSError:
-                pass
+        discard_written(out_dir, written, created_dir)
         if isinstance(exc, (OSError, VaultError)):
             raise ExportError(f"export to {out_dir} failed: {getattr(exc, 'strerror', None) or exc}; "
                               "nothing was left behind") from None
@@ -176,7 +166,8 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
     ledger.append_audit(actor, "recording.export", "recording", rec.id, kind="police", case_ref=case_ref,
                         manifest_sha256=manifest_sha, file_sha256=entry["sha256"],
                         encrypted_to=str(police) if police else None, caller_number=include_number,
-                        out=str(out_dir.resolve()))
+                        out=str(out_dir.resolve()), legal_claim=legal_claim,
+                        restriction=restriction.request.ref if restriction else None)
     return ExportResult(out_dir, [p.name for p in written], manifest_sha, signer, held)
 
 
@@ -191,7 +182,43 @@ def _caller_number(call, keys_dir: Path) -> str | None:
         raise ExportError(f"the caller's number cannot be read: {exc}") from None
 
 
-def _prepare_dir(out_dir: Path) -> bool:
+# --- the parts of an export directory (shared with subject_export) ----------------------
+
+
+def parse_recipient(text: str):
+    """An age X25519 recipient (``age1...``) to re-encrypt to; ExportError if it is not one."""
+    try:
+        return pyrage.x25519.Recipient.from_str(text.strip())
+    except pyrage.RecipientError:
+        raise ExportError("--to-recipient is not an age X25519 public key (expected age1...)") from None
+
+
+def checked_store_file(vault, rec: Recording) -> tuple[Path, str, int]:
+    """The recording's ``.age`` file, its sha256 and size; ExportError if it is unreadable or
+    does not match the hash sealed into the ledger."""
+    store_file = vault.path_for(rec.id)
+    try:
+        store_sha, store_size = sha256_file(store_file)
+    except OSError as exc:
+        raise ExportError(f"cannot read {store_file}: {exc.strerror}") from None
+    if rec.sha256 and store_sha != rec.sha256:
+        raise ExportError(f"{store_file} does not match the ledger (sha256 {store_sha}, sealed as {rec.sha256}): "
+                          "it was altered or damaged; not opening it")
+    return store_file, store_sha, store_size
+
+
+def discard_written(out_dir: Path, written: list[Path], created_dir: bool) -> None:
+    """Undo a failed export: remove the files it wrote, and the directory if it made it."""
+    for path in written:
+        discard(path)
+    if created_dir:
+        try:
+            out_dir.rmdir()
+        except OSError:
+            pass
+
+
+def prepare_dir(out_dir: Path) -> bool:
     """Create ``out_dir`` 0700 (True), or accept an empty directory (made 0700; False)."""
     try:
         out_dir.mkdir(mode=0o700)
@@ -213,20 +240,20 @@ def _prepare_dir(out_dir: Path) -> bool:
     return True
 
 
-def _open_new(path: Path, written: list[Path]):
+def open_new(path: Path, written: list[Path]):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     written.append(path)
     return open(fd, "wb", buffering=_BUFFER)
 
 
-def _write_new(path: Path, data: bytes, written: list[Path]) -> None:
-    with _open_new(path, written) as f:
+def write_new(path: Path, data: bytes, written: list[Path]) -> None:
+    with open_new(path, written) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _reencrypt(store_file: Path, identity, recipient, target: Path, written: list[Path]) -> tuple[str, int]:
+def reencrypt(store_file: Path, identity, recipient, target: Path, written: list[Path]) -> tuple[str, int]:
     """Decrypt into a pipe, encrypt from it: the plaintext only ever exists in memory."""
     read_fd, write_fd = os.pipe()
     state: dict = {}
@@ -243,7 +270,7 @@ def _reencrypt(store_file: Path, identity, recipient, target: Path, written: lis
     producer = threading.Thread(target=produce, name="export-decrypt", daemon=True)
     producer.start()
     try:
-        with open(read_fd, "rb", buffering=1 << 16) as pipe, _open_new(target, written) as out:
+        with open(read_fd, "rb", buffering=1 << 16) as pipe, open_new(target, written) as out:
             pyrage.encrypt_io(pipe, out, [recipient])
             out.flush()
             os.fsync(out.fileno())
@@ -378,7 +405,7 @@ def verify_export(directory: Path, public_key: str | None = None) -> Verificatio
         listed.add(name)
         result.files.append(name)
         try:
-            sha, size = _sha256_file(directory / name)
+            sha, size = sha256_file(directory / name)
         except FileNotFoundError:
             result.problems.append(f"{name}: missing")
             continue

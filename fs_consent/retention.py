@@ -16,9 +16,13 @@ purge, as of a moment (now, or ``as_of``):
    completes it. A hold placed concurrently is respected: the batch is chosen inside
    the marking transaction;
 3. erases the personal fields of expired call records (``caller_hash`` and
-   ``caller_sealed`` set to NULL, the ledger's "erased"), in batches of one short
-   UPDATE each, except calls with a recording under legal hold. What stays is
-   anonymous; the README says exactly what.
+   ``caller_sealed`` set to NULL, the ledger's "erased", and the rectified details in
+   ``call_detail`` deleted; ``personal_erased_at``/``personal_erased_reason`` =
+   ``retention`` say so), in batches of one short transaction each, except calls with a
+   recording under legal hold. What stays is anonymous; the README says exactly what.
+
+A restriction (art. 18, ``subjects.py``) does not stop the purge: restricted data may
+only be stored, and never longer than its term.
 
 Safe while the server runs: every write transaction is one bounded batch (tens of ms at
 most), and after each the server gets at least as much time as the batch held the lock
@@ -47,7 +51,7 @@ from peewee import SqliteDatabase, Tuple, Value, fn
 from . import ledger
 from .durations import format_duration
 from .holds import held_calls, held_recordings
-from .ledger import Call, LegalHold, PurgePending, PurgeRun, Recording
+from .ledger import Call, CallDetail, LegalHold, PurgePending, PurgeRun, Recording
 from .seal_worker import fsync_dir
 from .spool import recording_path
 
@@ -56,8 +60,9 @@ log = logging.getLogger(__name__)
 # recording states that may still have bytes on disk: sealed (ciphertext), failed
 # (plaintext awaiting recovery), recording (a crash nobody recovered from)
 PURGEABLE_STATES = (ledger.SEALED, ledger.FAILED, ledger.RECORDING)
-# the personal fields of a call record; erasing one sets it to NULL
+# the personal fields of a call record; erasing one sets it to NULL (and deletes its call_detail rows)
 PERSONAL_CALL_FIELDS = (Call.caller_hash, Call.caller_sealed)
+ERASED_BY_RETENTION = "retention"  # Call.personal_erased_reason
 LOCK_FILE = "purge.lock"
 DEFAULT_BATCH = 2000
 MAX_PAUSE_S = 0.05
@@ -123,15 +128,15 @@ def _expired_recordings(as_of: dt.datetime, terms: Terms):
         Recording.state.in_(PURGEABLE_STATES) & (Recording.started_at < as_of - terms.recordings))
 
 
-def _has_personal_fields():
-    condition = None
+def has_personal_fields():
+    condition = Call.id.in_(CallDetail.select(CallDetail.call))
     for column in PERSONAL_CALL_FIELDS:
-        condition = column.is_null(False) if condition is None else condition | column.is_null(False)
+        condition = condition | column.is_null(False)
     return condition
 
 
 def _call_expired(as_of: dt.datetime, terms: Terms):
-    return (Call.ended_at < as_of - terms.call_records) & _has_personal_fields()
+    return (Call.ended_at < as_of - terms.call_records) & has_personal_fields()
 
 
 def held_counts(as_of: dt.datetime, terms: Terms) -> tuple[int, int]:
@@ -362,7 +367,16 @@ class Purge:
         """
         erase = {column.name: None for column in PERSONAL_CALL_FIELDS}
         cutoff = self.as_of - self.terms.call_records
-        candidate = _has_personal_fields() & Call.id.not_in(held_calls())
+        not_held = Call.id.not_in(held_calls())
+        candidate = has_personal_fields() & not_held
+
+        def erase_batch(where, in_range):
+            erased = Call.update(**erase, personal_erased_at=ledger.utcnow(),
+                                 personal_erased_reason=ERASED_BY_RETENTION).where(where).execute()
+            # the range's details: after the UPDATE, which finds calls by their details too
+            CallDetail.delete().where(CallDetail.call.in_(Call.select(Call.id).where(in_range))).execute()
+            return erased
+
         low = None  # (ended_at, id) of the last call of the previous batch
         while True:
             lower = Value(True) if low is None else (
@@ -371,7 +385,7 @@ class Purge:
                     .order_by(Call.ended_at, Call.id).offset(self.batch_size - 1).limit(1).tuples().first())
             upper = (Call.ended_at < cutoff) if high is None else (
                 (Call.ended_at <= high[0]) & (Tuple(Call.ended_at, Call.id) <= Tuple(*high)))
-            erased = self._write(lambda where=lower & upper & candidate: Call.update(**erase).where(where).execute())
+            erased = self._write(lambda r=lower & upper: erase_batch(r & candidate, r & not_held))
             report.calls_erased += erased
             self.progress(erased)
             self._settle_files()

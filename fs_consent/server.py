@@ -46,7 +46,7 @@ def policy_from_config(config) -> consent.Policy:
         aggression_key=c.aggression_key or None,
         confirmation_file=confirmation, menu_app=m.app, menu_arg=m.arg,
         stereo=r.stereo, bridge_only=r.bridge_only, mask_on_hold=r.mask_on_hold,
-        callback_withdrawal=c.callback_window > 0,
+        callback_withdrawal=c.callback_window > 0, objection_prompt=c.objection_prompt,
     )
 
 
@@ -75,7 +75,7 @@ class ServerContext:
             log.error("no valid age recipient in %s: calls go on, nothing is recorded",
                       Path(s.keys_dir) / keys.RECIPIENTS_FILE)
         spool.prepare_spool(self.spool_dir)
-        ledger.open_database(s.database)
+        ledger.open_database(s.database, announce=self.announce)
         self.vault = Vault(Path(s.store_dir), recipients, workers=s.seal_workers)
         self.vault.start()
         self.writer = ledger.LedgerWriter()
@@ -252,7 +252,6 @@ class ConsentServer:
         self.listener.start()  # binding errors surface here as OSError, not sys.exit
         self.checkpointer = audit.Checkpointer(self.ctx.writer, Path(self.config.storage.keys_dir))
         self.checkpointer.start()
-        log.info("listening on %s:%d", *self.address)
 
     def _allowed(self, host: str) -> bool:
         try:

@@ -121,6 +121,17 @@ class Harness:
         return list(ledger.Recording.select().join(ledger.Call).where(ledger.Call.uuid == call_uuid))
 
 
+def fs_consent(h: Harness, *args: str, input: str | None = None, env: dict | None = None):
+    """The real command line, in another process, beside the running server (gevent-friendly)."""
+    import sys
+
+    import gevent.subprocess
+
+    return gevent.subprocess.run(
+        [sys.executable, "-m", "fs_consent.cli", "--data-dir", str(h.config.storage.data_dir), *args],
+        capture_output=True, text=True, timeout=60, input=input, env=env)
+
+
 def age_decrypt(identity: Path, ciphertext: Path) -> bytes:
     """Decrypt with the real `age` CLI, as an auditor or the police would."""
     return subprocess.run(["age", "-d", "-i", str(identity), str(ciphertext)], check=True,

@@ -1,5 +1,6 @@
 """The consent rules, as event sequences in and commands out (no I/O)."""
 
+from copy import deepcopy
 from dataclasses import replace
 
 import pytest
@@ -201,11 +202,84 @@ def test_decision_deadline_sends_the_caller_on_unrecorded():
     assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
 
 
-def test_objection_skips_the_prompt():
-    call = new_call()
+# --- a number that objects (art. 21) ------------------------------------------------------
+
+
+def objecting_call(**policy):
+    """An objecting caller's call, answered; returns (call, commands after the answer)."""
+    call = new_call(aggression_key="3", **policy)
     out = call.handle(c.CallStarted(objection=True))
-    assert c.Decide(c.REFUSED, c.BY_OBJECTION) in out
+    assert out[1:] == [c.Decide(c.REFUSED, c.BY_OBJECTION), c.SetVariable("fs_consent", "refused"),
+                       c.Execute("answer", None, "answer-1")]
+    return call, call.handle(c.AppCompleted("answer-1"))
+
+
+def test_objection_refuses_at_once_and_skips_the_prompt_by_default():
+    call, out = objecting_call()
+    # the agent's keys are bound as on any call (the aggression flag is kept), then the menu
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["bind_meta_app", "bind_meta_app", "execute_extension"]
+    assert c.CancelTimer(c.DECISION_DEADLINE_TIMER) in out
+    out = call.handle(c.RecordStarted(RID)) + call.handle(c.CallerDigit("*")) + call.handle(c.CallerDigit("1"))
+    out += call.handle(c.HungUp()) + call.handle(c.Disconnected())
+    assert of(out, c.StartRecording) == [] and of(out, c.SealRecording) == [] and of(out, c.Decide) == []
+    assert out[-1] == c.Finish(c.REFUSED) and call.decided_by == c.BY_OBJECTION
+    assert call.plays == 0
+
+
+@pytest.mark.parametrize("mode, answers", [
+    ("opt-out", [None]), ("opt-in", [None]),
+    ("opt-in", ["2"]),  # the grant digit grants nothing
+    # a digit that means nothing replays the prompt, as it would for any caller
+    ("opt-out", ["2", None]), ("opt-out", ["5", "5"]), ("opt-in", ["5", "5"]),
+])
+def test_objection_with_the_prompt_played_records_whatever_the_answer(mode, answers):
+    call, out = objecting_call(mode=mode, objection_prompt="play", tries=2)
+    history = list(out)
+    for digit in answers:
+        assert not call.menu_started
+        prompt = [cmd for cmd in of(history, c.Execute) if cmd.app == "play_and_get_digits"][-1]
+        history += call.handle(c.PromptAnswered(prompt.tag, digit))
+    assert [cmd.app for cmd in of(history, c.Execute)][-1] == "execute_extension"
+    assert call.plays == len(answers)
+    history += call.handle(c.HungUp()) + call.handle(c.Disconnected())
+    assert of(history, c.StartRecording) == [] and of(history, c.Decide) == []
+    assert of(history, c.WithdrawEarlierCalls) == []
+    assert history[-1] == c.Finish(c.REFUSED) and call.decided_by == c.BY_OBJECTION
+
+
+@pytest.mark.parametrize("callback, expected", [(True, [c.WithdrawEarlierCalls()]), (False, [])])
+def test_the_refuse_digit_under_objection_still_withdraws_earlier_recordings(callback, expected):
+    """The played prompt says "press 1": the statement's callback withdrawal still holds."""
+    call, out = objecting_call(objection_prompt="play", callback_withdrawal=callback)
+    (prompt,) = [cmd for cmd in of(out, c.Execute) if cmd.app == "play_and_get_digits"]
+    out = call.handle(c.PromptAnswered(prompt.tag, "1"))
+    assert of(out, c.WithdrawEarlierCalls) == expected
+    assert of(out, c.Decide) == [] and (call.outcome, call.decided_by) == (c.REFUSED, c.BY_OBJECTION)
     assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+
+
+def test_objection_deadline_sends_the_caller_on_when_the_answer_never_completes():
+    call = new_call()
+    call.handle(c.CallStarted(objection=True))
+    out = call.handle(c.TimerFired(c.DECISION_DEADLINE_TIMER))
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"] and of(out, c.Decide) == []
+    assert call.handle(c.AppCompleted("answer-1")) == []  # late: no prompt, no second menu
+
+
+def test_failure_and_withdrawal_leave_an_objection_refused():
+    call = new_call()
+    call.handle(c.CallStarted(objection=True))
+    assert call.handle(c.WithdrawRequested()) == []
+    out = call.handle(c.Failed("boom"))
+    assert of(out, c.Decide) == [] and [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+    assert (call.outcome, call.decided_by) == (c.REFUSED, c.BY_OBJECTION)
+
+
+def test_hangup_before_the_answer_ends_an_objecting_call_refused_without_the_menu():
+    call = new_call()
+    call.handle(c.CallStarted(objection=True))
+    out = call.handle(c.HungUp())
+    assert out[-1] == c.Finish(c.REFUSED) and of(out, c.Execute) == []
 
 
 # --- the agent's aggression flag (legal hold) --------------------------------------------
@@ -277,14 +351,38 @@ def materialise(call, token):
     return token
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.sampled_from(["opt-out", "opt-in"]), st.booleans(), st.lists(EVENTS, max_size=30))
-def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_record, tokens):
-    call = new_call(mode=mode)
-    history = call.handle(c.CallStarted(can_record=can_record))
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(["opt-out", "opt-in"]), st.booleans(), st.booleans(), st.sampled_from(["skip", "play"]),
+       st.lists(EVENTS, max_size=30))
+def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_record, objection,
+                                                                      objection_prompt, tokens):
+    call = new_call(mode=mode, objection_prompt=objection_prompt)
+    history = call.handle(c.CallStarted(can_record=can_record, objection=objection))
+    hung_up_before_menu = False
     for token in tokens:
-        history += call.handle(materialise(call, token))
+        event = materialise(call, token)
+        out = call.handle(event)
+        history += out
+        # the callback withdrawal follows only the refuse digit pressed at the prompt
+        if of(out, c.WithdrawEarlierCalls):
+            assert isinstance(event, c.PromptAnswered) and event.digit == call.policy.refuse_digit
+        hung_up_before_menu = hung_up_before_menu or (call.hung_up and not call.menu_started)
+    if not call.hung_up:
+        # whatever happened so far, the deadline sends a caller who is still there on to the menu
+        probe = deepcopy(call)
+        probe.handle(c.TimerFired(c.DECISION_DEADLINE_TIMER))
+        assert probe.menu_started
     history += call.handle(c.HungUp()) + call.handle(c.Disconnected())
+    hung_up_before_menu = hung_up_before_menu or not call.menu_started
+
+    if objection:
+        # never recorded, whatever the caller, the agent or FreeSWITCH did; the reason is kept
+        assert of(history, c.StartRecording) == [] and of(history, c.SealRecording) == []
+        assert of(history, c.Decide) == [c.Decide(c.REFUSED, c.BY_OBJECTION)]
+        assert of(history, c.Finish) == [c.Finish(c.REFUSED)]
+        prompts = [cmd for cmd in of(history, c.Execute) if cmd.app == "play_and_get_digits"]
+        assert len(prompts) <= (0 if objection_prompt == "skip" else call.policy.tries)
+        assert hung_up_before_menu or [cmd.app for cmd in of(history, c.Execute)].count("execute_extension") == 1
 
     starts = of(history, c.StartRecording)
     assert len(starts) <= 1
@@ -308,5 +406,5 @@ def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_
     # the caller always goes on into the menu unless they hung up before a decision
     menu = [cmd for cmd in of(history, c.Execute) if cmd.app == "execute_extension"]
     assert len(menu) <= 1
-    if finishes[0].outcome != c.ABANDONED:
+    if finishes[0].outcome != c.ABANDONED and not objection:
         assert len(menu) == 1

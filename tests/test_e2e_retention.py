@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 import uuid
 
 import gevent
@@ -16,7 +15,7 @@ import pytest
 from fs_consent import holds, ledger
 from fs_consent.emulator import CallerScript
 
-from .e2e import Harness, age_decrypt, sha256
+from .e2e import Harness, age_decrypt, fs_consent, sha256
 
 
 @pytest.fixture
@@ -25,11 +24,6 @@ def harness(tmp_path):
         yield h
 
 
-def fs_consent(h: Harness, *args: str) -> gevent.subprocess.CompletedProcess:
-    """The real command line, in another process, beside the running server."""
-    return gevent.subprocess.run(
-        [sys.executable, "-m", "fs_consent.cli", "--data-dir", str(h.config.storage.data_dir), *args],
-        capture_output=True, text=True, timeout=60)
 
 
 def future(days: int) -> str:

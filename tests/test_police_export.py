@@ -270,7 +270,7 @@ def test_a_failure_half_way_leaves_nothing_behind(data, held, tmp_path, monkeypa
     def no_space(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(police_export, "_write_new", no_space)
+    monkeypatch.setattr(police_export, "write_new", no_space)
     before = ledger_state()
     result = export(data, rec.id, out)
     assert result.exit_code != 0 and "No space left on device" in result.output
