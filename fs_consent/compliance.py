@@ -403,7 +403,7 @@ def check_recordings_encrypted(config, opts: Options) -> CheckResult:
 
 
 def check_recordings_deleted(config, opts: Options) -> CheckResult:
-    from .ledger import SEALED, Recording
+    from .ledger import SEALED, PurgePending, Recording
 
     store = Path(config.storage.store_dir)
     now = time.time()
@@ -412,9 +412,14 @@ def check_recordings_deleted(config, opts: Options) -> CheckResult:
 
     def settle(ids: list[str]) -> None:
         states = dict(Recording.select(Recording.id, Recording.state).where(Recording.id << ids).tuples())
+        pending = {row[0] for row in PurgePending.select(PurgePending.recording).where(
+            PurgePending.recording << ids).tuples()}
         for rec_id in ids:
             state = states.get(rec_id)
-            if state != SEALED:
+            if rec_id in pending:
+                problems.append(f"recording {rec_id} was purged but an interrupted purge left its ciphertext: "
+                                "`fs-consent purge` removes it")
+            elif state != SEALED:
                 problems.append(f"recording {rec_id} is {state or 'not in the ledger'} but its ciphertext remains")
 
     for entry in (os.scandir(store) if store.exists() else ()):

@@ -206,6 +206,20 @@ def test_ciphertext_of_a_deleted_recording_remains(site):
     assert f"recording {site.rec_id} is deleted but its ciphertext remains" in results["recordings.deleted"].detail
 
 
+def test_ciphertext_an_interrupted_purge_left_names_the_purge_that_finishes_it(site):
+    run = ledger.PurgeRun.create(started_at=site.now, actor="root", as_of=site.now, status="interrupted")
+    ledger.Recording.update(state=ledger.DELETED, state_reason="retention").where(
+        ledger.Recording.id == site.rec_id).execute()
+    ledger.PurgePending.create(recording=site.rec_id, run=run, batch=1)
+    results = site.check()
+    assert failing(results) == {"recordings.deleted"}
+    assert (f"recording {site.rec_id} was purged but an interrupted purge left its ciphertext: "
+            "`fs-consent purge` removes it") in results["recordings.deleted"].detail
+    done = CliRunner().invoke(main, ["--data-dir", str(site.data), "purge"])
+    assert done.exit_code == 0, done.output
+    assert failing(site.check()) == set()
+
+
 def test_plaintext_left_in_the_spool(site):
     stale = spool.recording_path(site.spool, uuid.uuid4().hex)
     stale.write_bytes(b"RIFF")
