@@ -9,7 +9,8 @@ import click
 
 from . import __version__, logs
 from .cli_access import legal_claim_option
-from .output import FORMATS, render
+from .cli_types import format_option
+from .output import render
 from .scenarios import SCENARIO_NAMES
 
 
@@ -55,8 +56,6 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-                             help="Output format.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,14 +188,28 @@ def calls_list(ctx: Context, limit, outcome, fmt):
 @format_option
 @pass_ctx
 def calls_show(ctx: Context, call_uuid, fmt):
-    """Show one call, with its consent history."""
+    """Show one call: consent history, agent flags, legal holds, restriction, rectified
+    fields (names only) and whether its personal fields were erased. Never the number."""
+    from . import holds, subjects
+
     ledger = ctx.ledger()
     call = ledger.Call.get_or_none(ledger.Call.uuid == call_uuid)
     if call is None:
         raise click.ClickException(f"no call with uuid {call_uuid}")
+
+    def when(at):
+        return f"{at.isoformat(timespec='seconds')}Z"
+
     row = call_row(call)
-    row["history"] = "; ".join(f"{e.at.isoformat(timespec='seconds')}Z {e.kind} {e.outcome} by {e.by}"
+    row["history"] = "; ".join(f"{when(e.at)} {e.kind} {e.outcome} by {e.by}"
                                 for e in call.consent_events.order_by(ledger.ConsentEvent.at))
+    row["flags"] = "; ".join(f"{when(f.at)} {f.kind} by {f.by}" for f in call.flags.order_by(ledger.CallFlag.at))
+    row["holds"] = "; ".join(holds.describe(h) for h in holds.active_holds().where(ledger.LegalHold.call == call.id))
+    restriction = subjects.active_restriction(call.id)
+    row["restricted"] = f"since {when(restriction.placed_at)} (request {restriction.request.ref})" if restriction else ""
+    row["details"] = ",".join(sorted(d.field for d in call.details))
+    row["personal_erased"] = (f"{when(call.personal_erased_at)} ({call.personal_erased_reason})"
+                              if call.personal_erased_at else "")
     click.echo(render([row], fmt, single=True))
 
 

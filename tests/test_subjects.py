@@ -207,6 +207,27 @@ def test_find_shows_holds_restrictions_details_and_the_objection(data):
     assert "objection: in force since" in result.output and "(request O-1)" in result.output
 
 
+def test_calls_show_tells_holds_flags_restriction_details_and_erasure_but_no_personal_value(data):
+    (a1, r1), (a2, _), _, _ = history(data)
+    holds.flag_call(a1.id, a1.uuid, "aggression", by="agent-key", at=a1.ended_at)
+    (hold,) = holds.add(r1.id, reason="aggression", case_ref="PV-8", note=None, actor="officer")
+    subjects.restrict(hash_of(data, A), request("R-2", "restrict"), actor="officer")
+    subjects.rectify(a1.uuid, "address", "Stationsplein 1", request("RE-2", "rectify"), actor="officer",
+                     protector=data.protector)
+    shown = data.cli("calls", "show", a1.uuid, "--format", "json")
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.output)
+    assert "aggression by agent-key" in row["flags"] and f"hold #{hold.id} (case PV-8" in row["holds"]
+    assert "(request R-2)" in row["restricted"] and row["details"] == "address"
+    assert row["personal_erased"] == ""
+    assert "Stationsplein" not in shown.output and "612345678" not in shown.output
+
+    request("ER-10", "erase")
+    assert data.cli("subject", "erase", "--phone", A, "--request", "ER-10").exit_code == 1  # a1 is held
+    row = json.loads(data.cli("calls", "show", a2.uuid, "--format", "json").output)
+    assert row["personal_erased"].endswith("(erasure:ER-10)") and row["holds"] == ""
+
+
 def test_find_of_an_unusable_number_or_unknown_request_changes_nothing(data):
     history(data)
     before = state(data)
