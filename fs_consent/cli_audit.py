@@ -9,7 +9,6 @@ runs as ``python -m fs_consent.cli`` (then its classes live in ``__main__``).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import os
 import sys
@@ -18,40 +17,9 @@ from pathlib import Path
 import click
 
 from . import audit
-from .durations import parse_duration
+from .cli_types import DateTimeParam, Duration
 
-
-class Timestamp(click.ParamType):
-    """``2026-11-01``, ``2026-11-01T08:00`` (UTC) or with an offset (``...+01:00``) -> naive UTC."""
-
-    name = "TIME"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dt.datetime):
-            return value
-        try:
-            parsed = dt.datetime.fromisoformat(value)
-        except ValueError:
-            self.fail(f"expected a date or time like 2026-11-01 or 2026-11-01T08:00+01:00, got {value!r}",
-                      param, ctx)
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return parsed
-
-
-class Duration(click.ParamType):
-    name = "DURATION"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-TIME = Timestamp()
+TIME = DateTimeParam()
 since_option = click.option("--since", type=TIME, help="From this time (UTC unless it carries an offset).")
 until_option = click.option("--until", type=TIME, help="Up to (not including) this time.")
 

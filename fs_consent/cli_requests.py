@@ -11,28 +11,13 @@ import datetime as dt
 import click
 
 from . import subject_requests as sr
+from .cli_types import DateParam, format_option
 from .ledger import os_user
-from .output import FORMATS, render
+from .output import render
 
 pass_ctx = click.pass_obj
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-                             help="Output format.")
 DUE_RULE = ("A decision is due one calendar month after receipt (the same day of the next month, or its "
             "last day: 31 January -> 28/29 February); after an extension, three months after receipt.")
-
-
-class DateParam(click.ParamType):
-    """A calendar date, ISO 8601 (YYYY-MM-DD)."""
-
-    name = "DATE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dt.date):
-            return value
-        try:
-            return dt.date.fromisoformat(str(value).strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a date like 2027-01-31 (YYYY-MM-DD)", param, ctx)
 
 
 def register(main: click.Group) -> None:

@@ -14,29 +14,10 @@ from pathlib import Path
 
 import click
 
-from .output import FORMATS, render
+from .cli_types import DateTimeParam, format_option
+from .output import render
 
 pass_ctx = click.pass_obj
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-                             help="Output format.")
-
-
-class DateTimeParam(click.ParamType):
-    """ISO 8601 date or date and time; UTC unless it carries an offset."""
-
-    name = "DATETIME"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dt.datetime):
-            parsed = value
-        else:
-            try:
-                parsed = dt.datetime.fromisoformat(str(value).strip())
-            except ValueError:
-                self.fail(f"{value!r} is not a date/time like 2027-01-31 or 2027-01-31T02:00:00Z", param, ctx)
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return parsed
 
 
 def register(main: click.Group) -> None:

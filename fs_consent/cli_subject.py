@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from .output import FORMATS, render
+from .cli_types import format_option
+from .output import render
 
 pass_ctx = click.pass_obj
 
@@ -86,7 +87,7 @@ def _objection_line(caller_hash: str) -> str:
 @subject_group.command("find", short_help="List the calls from a number (no number shown).")
 @phone_option
 @click.option("--request", "ref", metavar="REF", help="The request this look-up is for (named in the audit trail).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
+@format_option
 @pass_ctx
 def find(ctx, number, ref, fmt):
     """List the calls from a number: one row per call with its outcome, recordings (id:state),
