@@ -110,7 +110,7 @@ def export(h: Harness, out: Path, *extra: str, number: str = A_WRITTEN, ref: str
 def test_the_export_holds_every_call_of_the_number_and_nothing_else(harness, history, tmp_path):
     access_request()
     first = recording_of(harness, history.a_granted[0])
-    subjects.rectify(history.a_granted[0], "name", "Jan de Vries", access_request("RC-1", kind="rectify"),
+    subjects.rectify(history.a_granted[0], "name", "Jan <b>de</b> Vries & Zn", access_request("RC-1", kind="rectify"),
                      actor="privacy-officer", protector=subjects.protector_for(Path(harness.config.storage.keys_dir)))
     out = tmp_path / "access"
     done = export(harness, out)
@@ -137,7 +137,7 @@ def test_the_export_holds_every_call_of_the_number_and_nothing_else(harness, his
     assert [(r["state"], r["reason"], r["file"]) for r in withdrawn["recordings"]] == [("deleted", "withdrawn", None)]
     granted = by_uuid[history.a_granted[0]]
     assert granted["duration_seconds"] > 0 and granted["wait_seconds"] is not None
-    assert granted["details"][0]["field"] == "name" and granted["details"][0]["value"] == "Jan de Vries"
+    assert granted["details"][0]["field"] == "name" and granted["details"][0]["value"] == "Jan <b>de</b> Vries & Zn"
     assert granted["recordings"][0]["file"] == f"{first.id}.wav"
     assert {f["name"]: f["sha256"] for f in doc["files"]} == {f"{r.id}.wav": history.wavs[r.id] for r in a_recs}
     assert doc["left_out"] == [] and doc["retention"]["recordings"] == "60d"
@@ -149,7 +149,7 @@ def test_the_export_holds_every_call_of_the_number_and_nothing_else(harness, his
         assert f"{rec.id}.wav" in page and history.wavs[rec.id] in page
     assert history.b_granted not in page and history.b_granted not in json.dumps(doc)
     assert recording_of(harness, history.b_granted).id not in page
-    assert "Jan de Vries" in page  # the rectified detail, opened
+    assert "Jan &lt;b&gt;de&lt;/b&gt; Vries &amp; Zn" in page and "<b>" not in page  # opened, as text
     for heading in ("Wat wij bewaren", "What we hold", "Hoe lang wij bewaren", "How long we keep it"):
         assert heading in page
     assert "60 dagen" in page and "60 days" in page and "1 jaar" in page
