@@ -228,6 +228,10 @@ class Objection(BaseModel):
     withdrawn_by = CharField(null=True)
     withdraw_request = ForeignKeyField(SubjectRequest, null=True)
 
+    #: ``caller_hash`` of a withdrawn objection once erased (by an erasure, or the purge after the
+    #: call-record term): matches no number, the row stays as history
+    ERASED_HASH = "erased"
+
 
 class CallDetail(BaseModel):
     """A personal field of a call set by rectification (name, address, subject), sealed only."""

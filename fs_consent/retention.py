@@ -19,7 +19,9 @@ purge, as of a moment (now, or ``as_of``):
    ``caller_sealed`` set to NULL, the ledger's "erased", and the rectified details in
    ``call_detail`` deleted; ``personal_erased_at``/``personal_erased_reason`` =
    ``retention`` say so), in batches of one short transaction each, except calls with a
-   recording under legal hold. What stays is anonymous; the README says exactly what.
+   recording under legal hold. What stays is anonymous; the README says exactly what;
+4. erases the number's hash from objections withdrawn longer ago than the call-record
+   term (the row stays, matching no number).
 
 A restriction (art. 18, ``subjects.py``) does not stop the purge: restricted data may
 only be stored, and never longer than its term.
@@ -51,7 +53,7 @@ from peewee import SqliteDatabase, Tuple, Value, fn
 from . import ledger
 from .durations import format_duration
 from .holds import held_calls, held_recordings
-from .ledger import Call, CallDetail, LegalHold, PurgePending, PurgeRun, Recording
+from .ledger import Call, CallDetail, LegalHold, Objection, PurgePending, PurgeRun, Recording
 from .seal_worker import fsync_dir
 from .spool import recording_path
 
@@ -98,6 +100,7 @@ class PurgeReport:
     pending_completed: int = 0  # deletions an interrupted run had left unfinished
     recordings_held: int = 0  # expired but under legal hold: kept
     calls_held: int = 0
+    objections_unlinked: int = 0  # withdrawn objections past the call-record term: hash erased
     interrupted_runs: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # files that could not be removed (retried next run)
 
@@ -228,6 +231,7 @@ class Purge:
             self._finish_pending(report)
             self._purge_recordings(run.seq, report)
             self._erase_calls(report)
+            report.objections_unlinked = self._write(self._unlink_objections)
             remover.close()
             self._settle_files()
         report.recordings_held, report.calls_held = held_counts(self.as_of, self.terms)
@@ -238,7 +242,8 @@ class Purge:
             ledger.append_audit(self.actor, "purge.finish", "purge", str(run.seq), as_of=self.as_of,
                                 recordings_deleted=report.recordings_deleted, calls_erased=report.calls_erased,
                                 pending_completed=report.pending_completed, recordings_held=report.recordings_held,
-                                calls_held=report.calls_held, file_errors=len(report.errors))
+                                calls_held=report.calls_held, file_errors=len(report.errors),
+                                objections_unlinked=report.objections_unlinked)
         return report
 
     @contextlib.contextmanager
@@ -357,6 +362,12 @@ class Purge:
         return failed
 
     # --- call records ---------------------------------------------------------------
+
+    def _unlink_objections(self) -> int:
+        """Withdrawn objections are history: after the call-record term their hash goes too."""
+        cutoff = self.as_of - self.terms.call_records
+        return Objection.update(caller_hash=Objection.ERASED_HASH).where(
+            (Objection.withdrawn_at < cutoff) & (Objection.caller_hash != Objection.ERASED_HASH)).execute()
 
     def _erase_calls(self, report: PurgeReport) -> None:
         """Walk the expired calls in (ended_at, id) order, one key range per batch.

@@ -39,7 +39,6 @@ from .withdrawal import erase_recording_files
 #: the call details a rectification may set; each is also its protect.py kind
 FIELDS = ("name", "address", "subject")
 ERASURE_REASON = "erasure"  # Recording.state_reason of a recording deleted by an erasure
-ERASED_HASH = "erased"  # Objection.caller_hash of a withdrawn objection after erasure: matches no number
 #: recording states with nothing left to delete
 GONE_STATES = (ledger.DELETED, ledger.DISCARDED)
 
@@ -220,7 +219,7 @@ def erase(caller_hash: str, request: SubjectRequest, *, actor: str, spool_dir: P
                 Call.id.in_(_ids(to_erase))).execute()
             CallDetail.delete().where(CallDetail.call.in_(_ids(to_erase))).execute()
         if not recordings_only:  # a withdrawn objection's hash would find the number again; a standing one stays
-            report.objections_unlinked = Objection.update(caller_hash=ERASED_HASH).where(
+            report.objections_unlinked = Objection.update(caller_hash=Objection.ERASED_HASH).where(
                 (Objection.caller_hash == caller_hash) & Objection.withdrawn_at.is_null(False)).execute()
         ledger.append_audit(actor, "subject.erase", "request", request.ref, **report.audit_detail())
     return report

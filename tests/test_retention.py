@@ -125,6 +125,28 @@ def test_call_records_of_364_days_keep_the_number_and_of_366_days_lose_it(data):
         assert getattr(erased, name) == getattr(old, name), name
 
 
+def test_an_objection_withdrawn_longer_ago_than_the_call_record_term_loses_its_number(data):
+    from fs_consent import objections, subject_requests
+
+    number_hash = data.protector.lookup_hash("phone", "+31612345678")
+    other_hash = data.protector.lookup_hash("phone", "+31687654321")
+    asked = subject_requests.add("O-1", "object", AS_OF.date() - dt.timedelta(days=400), actor="officer")
+    old = objections.place(number_hash, asked, actor="officer")
+    standing = objections.place(other_hash, asked, actor="officer")
+    young = objections.place(data.protector.lookup_hash("phone", "+31611112222"), asked, actor="officer")
+    ledger.Objection.update(withdrawn_at=AS_OF - 366 * DAY, withdrawn_by="officer").where(
+        ledger.Objection.id == old.id).execute()
+    ledger.Objection.update(withdrawn_at=AS_OF - 364 * DAY, withdrawn_by="officer").where(
+        ledger.Objection.id == young.id).execute()
+    report = run_purge(data)
+    assert report.objections_unlinked == 1
+    assert ledger.Objection.get_by_id(old.id).caller_hash == ledger.Objection.ERASED_HASH
+    assert ledger.Objection.get_by_id(young.id).caller_hash == young.caller_hash
+    assert objections.active(other_hash).id == standing.id  # a standing objection is never touched
+    assert '"objections_unlinked":1' in data.audit("purge.finish")[-1].detail
+    assert run_purge(data).objections_unlinked == 0
+
+
 def test_the_call_of_a_held_recording_keeps_its_record_until_the_hold_is_released(data):
     call, rec = data.add_call(age=400 * DAY)
     holds.add(rec.id, reason="intimidation", case_ref="PV-1", note=None, actor="officer")
