@@ -8,7 +8,7 @@ queue), spool and vault operations.
 Fail open for the call, fail closed for the recording: any exception while
 handling an event becomes ``consent.Failed``, which stops and deletes the
 recording and still sends the caller on into the menu. The same goes for the
-objection look-up at the start of a call (``objections.active``): when the ledger
+objection look-up at the start of a call (``objections.objects``): when the ledger
 cannot say whether the number objects, the call is not recorded (outcome ``error``,
 note ``objection-unknown``) and goes straight on into the menu.
 """
@@ -215,7 +215,7 @@ class CallSession:
         if not self.facts.caller_hash:
             return False
         try:
-            return objections.active(self.facts.caller_hash) is not None
+            return objections.objects(self.facts.caller_hash)
         except Exception as exc:  # noqa: BLE001 - fail closed for the recording, open for the call
             log.error("call %s: objection look-up failed (%s): the call is not recorded",
                       self.facts.uuid, type(exc).__name__)

@@ -192,8 +192,12 @@ def _content_length(value: str, limit: int, where: str) -> int:
     return length
 
 
-#: every line ``Name: value`` with a non-empty name before the first ``': '``
-_EVENT_LINES = re.compile(r"(?:(?!: )[^\n])+: [^\n]*(?:\n(?:(?!: )[^\n])+: [^\n]*)*")
+def _all_header_lines(text: str) -> bool:
+    """Every line is ``Name: value`` with a non-empty name before the first ``': '``.
+
+    (A plain scan: the equivalent regex with a look-ahead per character cost ~90 us per event.)
+    """
+    return all(line.find(": ") > 0 for line in text.split("\n"))
 
 
 def _parse_event_body(data: bytes) -> Event:
@@ -201,7 +205,7 @@ def _parse_event_body(data: bytes) -> Event:
     end = data.find(b"\n\n")
     head, rest = (data[:end], data[end + 2 :]) if end >= 0 else (data.rstrip(b"\n"), b"")
     text = _decode(head, "event")
-    if text and not _EVENT_LINES.fullmatch(text):
+    if text and not _all_header_lines(text):
         _header_items(text.split("\n"), "event")  # names the bad line
         raise ProtocolError("malformed event header block")
     event = Event(text, rest)

@@ -19,6 +19,17 @@ from .ledger import Objection, SubjectRequest
 from .subjects import SubjectError
 
 
+def objects(caller_hash: str) -> bool:
+    """Whether an objection for this number is in force: the driver asks this once per call.
+
+    Plain SQL on the ``caller_hash`` index: peewee's query building would cost more than
+    the look-up itself, on the path to the caller's first prompt.
+    """
+    db = ledger.database
+    sql = (f"SELECT 1 FROM objection WHERE caller_hash = {db.param} AND withdrawn_at IS NULL LIMIT 1")
+    return db.execute_sql(sql, (caller_hash,)).fetchone() is not None
+
+
 def active(caller_hash: str) -> Objection | None:
     """The objection in force for this number (one indexed query), or None."""
     return (Objection.select()

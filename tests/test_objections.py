@@ -39,13 +39,15 @@ def test_an_objection_is_in_force_for_every_written_form_until_withdrawn(data):
     assert (placed.placed_by, placed.request.ref, placed.withdrawn_at) == ("alice", "OBJ-1", None)
     for written in ("+31 6 12345678", "0031612345678", NUMBER):
         assert objections.active(phone_hash(data.protector, written)).id == placed.id
+        assert objections.objects(phone_hash(data.protector, written))  # the driver's question
     assert objections.active(phone_hash(data.protector, "0687654321")) is None  # another number
+    assert not objections.objects(phone_hash(data.protector, "0687654321"))
 
     ended = objections.withdraw(phone_hash(data.protector, "+31612345678"), request("OBJ-2"), actor="bob")
     assert ended.id == placed.id
     row = ledger.Objection.get_by_id(placed.id)
     assert row.withdrawn_at is not None and row.withdrawn_by == "bob" and row.withdraw_request.ref == "OBJ-2"
-    assert objections.active(hashed) is None
+    assert objections.active(hashed) is None and not objections.objects(hashed)
 
     # objecting again later is a new objection; the history stays
     again = objections.place(hashed, request("OBJ-3"), actor="alice")
