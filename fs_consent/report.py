@@ -36,6 +36,7 @@ OUTCOMES = (
     ("granted_by_silence", "Granted by silence"),
     ("granted_by_key", "Granted by key"),
     ("refused", "Refused"),
+    ("refused_by_objection", "Refused by objection (art. 21)"),
     ("withdrawn_during_call", "Withdrawn during the call"),
     ("withdrawn_by_callback", "Withdrawn by callback"),
     ("withdrawn_after_call", "Withdrawn after the call"),
@@ -57,6 +58,8 @@ def outcome_of(outcome, decided_by, withdrawn_by, withdrawn_at, ended_at) -> str
         if ended_at is None or withdrawn_at is None or withdrawn_at <= ended_at:
             return "withdrawn_during_call"
         return "withdrawn_after_call"
+    if outcome == consent.REFUSED and decided_by == consent.BY_OBJECTION:
+        return "refused_by_objection"
     if outcome in (consent.REFUSED, consent.ABANDONED, consent.ERROR):
         return outcome
     return "undecided"
@@ -327,6 +330,7 @@ svg{display:block;width:100%;height:auto}svg text{font-size:11px;fill:#444}
 
 _OUTCOME_COLOURS = {
     "granted_by_silence": "#4f8fd6", "granted_by_key": "#2f6fb3", "refused": "#7a7a7a",
+    "refused_by_objection": "#5c5c5c",
     "withdrawn_during_call": "#d9822b", "withdrawn_by_callback": "#b35c12", "withdrawn_after_call": "#8c4a10",
     "abandoned": "#a3a3a3", "error": "#b3261e", "undecided": "#cfcfcf",
 }
@@ -389,7 +393,7 @@ def render_html(r: dict) -> str:
     every = max(1, len(days) // 12)
     granted = sum(o["calls"] for o in r["consent"] if o["outcome"].startswith("granted"))
     withdrawn = sum(o["calls"] for o in r["consent"] if o["outcome"].startswith("withdrawn"))
-    refused = next(o["calls"] for o in r["consent"] if o["outcome"] == "refused")
+    refused = sum(o["calls"] for o in r["consent"] if o["outcome"].startswith("refused"))
 
     def card(value, label):
         return f'<div class="card"><b>{_e(value)}</b><span>{_e(label)}</span></div>'

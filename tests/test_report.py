@@ -58,7 +58,7 @@ def site(tmp_path):
 
 @pytest.fixture
 def known(site):
-    """Nine calls on 2026-11-18 and -19 (UTC), one of each outcome, known durations."""
+    """Ten calls on 2026-11-18 and -19 (UTC), one of each outcome, known durations."""
     day1, day2 = dt.datetime(2026, 11, 18), dt.datetime(2026, 11, 19)
     calls = [
         add_call(day1.replace(hour=8, minute=5), duration=10, wait=1),  # granted by silence
@@ -72,6 +72,7 @@ def known(site):
         add_call(day2.replace(hour=11), outcome="abandoned", by="hangup", duration=None, wait=None),
         add_call(day2.replace(hour=11, minute=1), outcome="error", by="failure", duration=None, wait=None),
         add_call(day2.replace(hour=11, minute=2), outcome=None, by=None, ended=False, wait=None),
+        add_call(day2.replace(hour=11, minute=3), outcome="refused", by="objection", duration=None, wait=None),
     ]
     add_recording(calls[0])
     add_recording(calls[1])
@@ -88,19 +89,18 @@ def build(config, **kwargs):
 
 def test_the_figures(site, known):
     r = build(site[1])
-    assert r["calls"]["total"] == 9
-    assert r["calls"]["per_day"] == [{"date": "2026-11-18", "calls": 4}, {"date": "2026-11-19", "calls": 5}]
+    assert r["calls"]["total"] == 10
+    assert r["calls"]["per_day"] == [{"date": "2026-11-18", "calls": 4}, {"date": "2026-11-19", "calls": 6}]
     per_hour = {h["hour"]: h["calls"] for h in r["calls"]["per_hour"] if h["calls"]}
-    assert per_hour == {8: 2, 9: 1, 10: 2, 11: 3, 23: 1}
+    assert per_hour == {8: 2, 9: 1, 10: 2, 11: 4, 23: 1}
     # durations 10, 20, 30, 40, 100 (the rest never ended or have none): p90 interpolated
     assert r["duration_seconds"] == {"count": 5, "mean": 40.0, "median": 30.0, "p90": 76.0}
     assert r["wait_seconds"] == {"count": 5, "mean": 3.0, "median": 3.0, "p90": 4.6}
     outcomes = {o["outcome"]: (o["calls"], o["rate"]) for o in r["consent"]}
     assert outcomes == {
-        "granted_by_silence": (1, 0.1111), "granted_by_key": (1, 0.1111), "refused": (1, 0.1111),
-        "withdrawn_during_call": (1, 0.1111), "withdrawn_by_callback": (1, 0.1111),
-        "withdrawn_after_call": (1, 0.1111), "abandoned": (1, 0.1111), "error": (1, 0.1111),
-        "undecided": (1, 0.1111)}
+        "granted_by_silence": (1, 0.1), "granted_by_key": (1, 0.1), "refused": (1, 0.1),
+        "refused_by_objection": (1, 0.1), "withdrawn_during_call": (1, 0.1), "withdrawn_by_callback": (1, 0.1),
+        "withdrawn_after_call": (1, 0.1), "abandoned": (1, 0.1), "error": (1, 0.1), "undecided": (1, 0.1)}
     rec = r["recordings"]
     assert (rec["stored"], rec["deleted"], rec["discarded"], rec["failed"]) == (2, 3, 1, 0)
     assert rec["deleted_by_reason"] == {"withdrawn": 3}
@@ -111,11 +111,11 @@ def test_the_figures(site, known):
 
 def test_period_and_time_zone(site, known):
     r = build(site[1], since=dt.datetime(2026, 11, 19), until=dt.datetime(2026, 11, 20))
-    assert r["calls"]["total"] == 5 and [d["calls"] for d in r["calls"]["per_day"]] == [5]
+    assert r["calls"]["total"] == 6 and [d["calls"] for d in r["calls"]["per_day"]] == [6]
     assert r["recordings"]["deleted_by_reason"] == {"withdrawn": 2}
     # Amsterdam is UTC+1 in November: the 23:30 call belongs to the next local day, at 00h
     r = report.build_report(site[1], timezone="Europe/Amsterdam", now=NOW)
-    assert r["calls"]["per_day"] == [{"date": "2026-11-18", "calls": 3}, {"date": "2026-11-19", "calls": 6}]
+    assert r["calls"]["per_day"] == [{"date": "2026-11-18", "calls": 3}, {"date": "2026-11-19", "calls": 7}]
     assert r["calls"]["per_hour"][0]["calls"] == 1 and r["calls"]["per_hour"][9]["calls"] == 2
 
 
@@ -224,18 +224,19 @@ def test_every_format_from_the_command_line(site, known):
     base = ["--data-dir", str(data), "report", "--timezone", "UTC"]
     table = runner.invoke(main, base)
     assert table.exit_code == 0, table.output
-    assert "calls: 9" in table.output and "Granted by silence" in table.output
+    assert "calls: 10" in table.output and "Granted by silence" in table.output
+    assert "Refused by objection (art. 21)" in table.output
     doc = json.loads(runner.invoke(main, [*base, "--format", "json"]).output)
-    assert doc["calls"]["total"] == 9
+    assert doc["calls"]["total"] == 10
     rows = list(csv.DictReader(io.StringIO(runner.invoke(main, [*base, "--format", "csv"]).output)))
-    assert {"section": "consent", "item": "refused", "value": "1", "rate": "0.1111"} in rows
+    assert {"section": "consent", "item": "refused", "value": "1", "rate": "0.1"} in rows
     out = runner.invoke(main, [*base, "--format", "html", "--out", str(data / "r.html")])
     assert out.exit_code == 0 and (data / "r.html").read_text().startswith("<!DOCTYPE html>")
     assert runner.invoke(main, [*base[:-2], "--timezone", "Mars/Olympus"]).exit_code == 2
     # the reports are audited (who, which format, which period)
     entries = [e for e in ledger.AuditEntry.select() if e.action == "report.generate"]
     assert [e.object_id for e in entries] == ["table", "json", "csv", "html"]
-    assert json.loads(entries[0].detail)["calls"] == 9
+    assert json.loads(entries[0].detail)["calls"] == 10
 
 
 def test_html_is_one_file_with_no_network(site, known):
