@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .cli_subject import _stdin_if_dash, phone_option, request_option
+from .cli_subject import phone_option, request_option, stdin_if_dash
 
 pass_ctx = click.pass_obj
 
@@ -81,7 +81,7 @@ def subject_export(ctx, number, ref, out, to_recipient, identity, legal_claim, t
     config = ctx.config()
     ctx.ledger()
     try:
-        result = access.export(_stdin_if_dash(number), request_ref=ref, out_dir=out, config=config,
+        result = access.export(stdin_if_dash(number), request_ref=ref, out_dir=out, config=config,
                                vault=ctx.vault(), actor=os_user(), recipient=to_recipient,
                                identity_path=identity, legal_claim=legal_claim, timezone=timezone)
     except SubjectError as exc:

@@ -46,7 +46,7 @@ def _fail(exc: Exception):
     raise click.ClickException(str(exc)) from None
 
 
-def _stdin_if_dash(value: str) -> str:
+def stdin_if_dash(value: str) -> str:
     return sys.stdin.read() if value == "-" else value
 
 
@@ -56,7 +56,7 @@ def _caller_hash(ctx, number: str) -> str:
     ctx.ledger()
     try:
         return subjects.phone_hash(subjects.protector_for(Path(ctx.config().storage.keys_dir)),
-                                   _stdin_if_dash(number))
+                                   stdin_if_dash(number))
     except (subjects.SubjectError, keys.KeyFileError) as exc:
         _fail(exc)
 
@@ -68,6 +68,21 @@ def _request(ctx, ref: str, kind: str):
     try:
         return require(ref, kind)
     except RequestError as exc:
+        _fail(exc)
+
+
+def _act(ctx, number: str, ref: str, kind: str, action):
+    """Resolve the number and the request (of ``kind``), then ``action(caller_hash, request, actor=...)``.
+
+    Returns (request, what the action returned); any refusal becomes one error line.
+    """
+    from . import ledger, subjects
+
+    caller_hash = _caller_hash(ctx, number)
+    request = _request(ctx, ref, kind)
+    try:
+        return request, action(caller_hash, request, actor=ledger.os_user())
+    except subjects.SubjectError as exc:
         _fail(exc)
 
 
@@ -182,14 +197,9 @@ def restrict(ctx, number, ref):
     (--legal-claim REASON). Retention still applies: a restriction never makes data
     live longer. unrestrict lifts it.
     """
-    from . import ledger, subjects
+    from . import subjects
 
-    caller_hash = _caller_hash(ctx, number)
-    request = _request(ctx, ref, "restrict")
-    try:
-        placed = subjects.restrict(caller_hash, request, actor=ledger.os_user())
-    except subjects.SubjectError as exc:
-        _fail(exc)
+    request, placed = _act(ctx, number, ref, "restrict", subjects.restrict)
     click.echo(f"request {request.ref}: restricted {len(placed)} calls "
                f"({', '.join(r.call.uuid for r in placed)}); their recordings cannot be played or exported "
                "except for a legal claim; retention still applies")
@@ -201,14 +211,9 @@ def restrict(ctx, number, ref):
 @pass_ctx
 def unrestrict(ctx, number, ref):
     """Lift the restrictions on a number's calls (request of kind restrict)."""
-    from . import ledger, subjects
+    from . import subjects
 
-    caller_hash = _caller_hash(ctx, number)
-    request = _request(ctx, ref, "restrict")
-    try:
-        uuids = subjects.unrestrict(caller_hash, request, actor=ledger.os_user())
-    except subjects.SubjectError as exc:
-        _fail(exc)
+    request, uuids = _act(ctx, number, ref, "restrict", subjects.unrestrict)
     click.echo(f"request {request.ref}: lifted the restriction of {len(uuids)} calls ({', '.join(uuids)})")
 
 
@@ -235,7 +240,7 @@ def rectify(ctx, call_uuid, field_name, value, ref):
     request = _request(ctx, ref, "rectify")
     try:
         protector = subjects.protector_for(Path(ctx.config().storage.keys_dir))
-        subjects.rectify(call_uuid, field_name, _stdin_if_dash(value), request, actor=ledger.os_user(),
+        subjects.rectify(call_uuid, field_name, stdin_if_dash(value), request, actor=ledger.os_user(),
                          protector=protector)
     except (subjects.SubjectError, keys.KeyFileError) as exc:
         _fail(exc)
@@ -252,14 +257,9 @@ def rectify(ctx, call_uuid, field_name, value, ref):
 def object_(ctx, number, ref):
     """Record an objection (art. 21; request of kind object): from now on, calls from the
     number are not recorded. Earlier recordings stay until erased or their term ends."""
-    from . import ledger, objections, subjects
+    from . import objections
 
-    caller_hash = _caller_hash(ctx, number)
-    request = _request(ctx, ref, "object")
-    try:
-        objection = objections.place(caller_hash, request, actor=ledger.os_user())
-    except subjects.SubjectError as exc:
-        _fail(exc)
+    request, objection = _act(ctx, number, ref, "object", objections.place)
     click.echo(f"request {request.ref}: objection #{objection.id} placed; calls from this number are not "
                "recorded from now on")
 
@@ -271,13 +271,8 @@ def object_(ctx, number, ref):
 def withdraw_objection(ctx, number, ref):
     """End the objection in force for a number (request of kind object): its calls are
     asked for consent again."""
-    from . import ledger, objections, subjects
+    from . import objections
 
-    caller_hash = _caller_hash(ctx, number)
-    request = _request(ctx, ref, "object")
-    try:
-        objection = objections.withdraw(caller_hash, request, actor=ledger.os_user())
-    except subjects.SubjectError as exc:
-        _fail(exc)
+    request, objection = _act(ctx, number, ref, "object", objections.withdraw)
     click.echo(f"request {request.ref}: objection #{objection.id} withdrawn; calls from this number are asked "
                "for consent again")
