@@ -45,8 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import consent, ledger
 from . import keys as keyfiles
-from . import ledger
 from .durations import format_duration, parse_duration
 from .spool import is_recording_id
 
@@ -521,6 +521,19 @@ def check_requests_due(config, opts: Options) -> CheckResult:
                        f"on {today.isoformat()}")
 
 
+def check_calls_outcome(config, opts: Options) -> CheckResult:
+    """Every ended call says what became of consent; the calls a restart cut off are counted."""
+    Call = ledger.Call
+    ended = Call.ended_at.is_null(False)
+    missing = Call.select().where(ended & Call.outcome.is_null()).count()
+    restarted = Call.select().where(ended & (Call.outcome == consent.ERROR)
+                                    & (Call.decided_by == consent.BY_RESTART)).count()
+    cut = f"{restarted} ended by a restart of fs-consent (outcome error, not recorded)"
+    if missing:
+        return CheckResult("calls.outcome", False, f"{missing} ended call(s) without an outcome; {cut}")
+    return CheckResult("calls.outcome", True, f"every ended call has an outcome; {cut}")
+
+
 def check_audit_chain(config, opts: Options) -> CheckResult:
     from .audit import trusted_keys, verify_trail
 
@@ -541,6 +554,7 @@ CHECKS: list[tuple[str, Callable[[object, Options], CheckResult]]] = [
     ("spool.plaintext", check_spool_plaintext),
     ("keys.permissions", check_key_permissions),
     ("requests.due", check_requests_due),
+    ("calls.outcome", check_calls_outcome),
     ("audit.chain", check_audit_chain),
 ]
 

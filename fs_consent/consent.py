@@ -45,6 +45,12 @@ BY_COMMAND = "command"
 BY_CALLBACK = "callback"
 BY_FAILURE = "failure"
 BY_OBJECTION = "objection"
+BY_RESTART = "restart"  # the server stopped (crash) before the call ended: set by start-up recovery
+
+# how the consent prompt ended when it collected no digit (``PromptAnswered.ended``)
+PROMPT_TIMED_OUT = "timed-out"  # the whole prompt played, the timeout ran out, the caller still there
+PROMPT_CALLER_GONE = "caller-gone"  # the completion says the channel is hanging up
+PROMPT_INTERRUPTED = "interrupted"  # neither: cut short (a file that would not play, a break)
 
 PROMPT_VARIABLE = "fs_consent_digit"
 AGENT_MARKER_VARIABLE = "fs_consent_agent"
@@ -108,10 +114,16 @@ class AppCompleted:
 
 @dataclass(frozen=True)
 class PromptAnswered:
-    """Completion of the consent prompt; ``digit`` is None when nothing was collected."""
+    """Completion of the consent prompt; ``digit`` is None when nothing was collected.
+
+    Without a digit, ``ended`` says why: only ``PROMPT_TIMED_OUT`` is silence. A caller
+    who hung up is ``PROMPT_CALLER_GONE`` even when the completion arrives before the
+    hang-up event (they race on a real FreeSWITCH).
+    """
 
     tag: str
     digit: str | None
+    ended: str = PROMPT_TIMED_OUT
 
 
 @dataclass(frozen=True)
@@ -184,11 +196,13 @@ class Failed:
 
 @dataclass(frozen=True)
 class Execute:
-    """sendmsg execute; the completion comes back as AppCompleted/PromptAnswered(tag)."""
+    """sendmsg execute; the completion comes back as AppCompleted(tag), or PromptAnswered(tag)
+    when ``prompt`` (the consent question, whose completion carries the caller's answer)."""
 
     app: str
     arg: str | None
     tag: str
+    prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,7 +358,7 @@ class ConsentCall:
     def _prompt(self) -> list:
         self.plays += 1
         self._prompt_tag = self._tag("prompt")
-        return [Execute("play_and_get_digits", self.policy.prompt_args(), self._prompt_tag)]
+        return [Execute("play_and_get_digits", self.policy.prompt_args(), self._prompt_tag, prompt=True)]
 
     def _decide(self, outcome: str, by: str) -> list:
         self.outcome, self.decided_by = outcome, by
@@ -453,6 +467,10 @@ class ConsentCall:
         if ev.tag != self._prompt_tag or self.phase is not Phase.PROMPTING or self.hung_up:
             return []
         p, digit = self.policy, ev.digit
+        if digit is None and ev.ended == PROMPT_CALLER_GONE:
+            return self._abandon()  # the hang-up event follows (or the socket closes)
+        if digit is None and ev.ended == PROMPT_INTERRUPTED:
+            return self._on_Failed(Failed("prompt-interrupted"))
         if self._replays(digit):
             return self._prompt()
         if self.objection:
@@ -536,14 +554,18 @@ class ConsentCall:
             return [MaskRecording(self.recording_id, False)]
         return []
 
+    def _abandon(self) -> list:
+        """The caller hung up before deciding: abandoned, nothing recorded, no menu."""
+        if self.outcome is not None:
+            return []
+        self.outcome, self.decided_by = ABANDONED, BY_HANGUP
+        return [Decide(ABANDONED, BY_HANGUP)]
+
     def _on_HungUp(self, ev: HungUp) -> list:
         if self.hung_up:
             return []
         self.hung_up = True
-        out = []
-        if self.outcome is None:
-            out += [Decide(ABANDONED, BY_HANGUP)]
-            self.outcome, self.decided_by = ABANDONED, BY_HANGUP
+        out = self._abandon()
         self.phase = Phase.ENDED
         return out
 
@@ -560,9 +582,9 @@ class ConsentCall:
             return []
         if self.outcome is None:
             return self._decide(ERROR, BY_FAILURE) + self._continue()
-        if self.objection:
-            return self._continue()  # answering or the prompt never completed
-        return []
+        # decided but never sent on (an objection whose answer or prompt never completed, a
+        # completion that said the caller was gone with no hang-up after it): fail open
+        return self._continue()
 
     def _on_Failed(self, ev: Failed) -> list:
         """Fail closed for the recording, open for the call."""

@@ -16,6 +16,7 @@ note ``objection-unknown``) and goes straight on into the menu.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from .consent import (
     StopRecording,
     WithdrawEarlierCalls,
 )
+from .esl.session import ChannelEvent, Closed, Completed, Connected, Lingering, OutboundSession, Reply
 from .ledger import Call, ConsentEvent, Recording
 from .logs import fields
 from .spool import recording_path
@@ -56,6 +58,27 @@ EXIT_GRACE_S = 5.0  # after 'exit', FreeSWITCH closes at once; do not wait longe
 
 class SessionGone(Exception):
     """The socket closed."""
+
+
+def prompt_answer(tag: str, completion: esl.Event) -> consent.PromptAnswered:
+    """What play_and_get_digits' CHANNEL_EXECUTE_COMPLETE says the caller answered.
+
+    The digit counts when ``read_result`` is ``success``. Without one, the completion
+    itself says whether the caller is still there: FreeSWITCH sets the channel's state
+    to hang-up and its cause before it fires CHANNEL_HANGUP, so a completion caused by
+    a hang-up carries ``Answer-State: hangup`` and a ``Hangup-Cause`` even when it wins
+    the race with that event. ``read_result`` ``failure``/``timeout`` with the caller
+    still there is the timeout running out after the whole prompt: silence.
+    """
+    result = completion.get("variable_read_result")
+    digit = completion.get(f"variable_{consent.PROMPT_VARIABLE}")
+    if result == "success" and digit:
+        return consent.PromptAnswered(tag, digit)
+    if completion.get("Answer-State") == "hangup" or completion.get("Hangup-Cause"):
+        return consent.PromptAnswered(tag, None, consent.PROMPT_CALLER_GONE)
+    if result in ("failure", "timeout"):
+        return consent.PromptAnswered(tag, None, consent.PROMPT_TIMED_OUT)
+    return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)
 
 
 @dataclass
@@ -76,19 +99,25 @@ class CallFacts:
 
 @dataclass
 class CallSession:
-    """Drives one FreeSWITCH outbound connection from handshake to ``exit``."""
+    """Drives one FreeSWITCH outbound connection from handshake to ``exit``.
+
+    The wire (reply order, completions by ``Application-UUID``, other legs, linger) is
+    ``esl.session.OutboundSession``'s; this class does the socket I/O, turns what the
+    session yields into ``consent`` events, and performs the machine's commands.
+    """
 
     sock: object
     ctx: object  # server.ServerContext
     facts: CallFacts | None = None
     machine: consent.ConsentCall | None = None
-    _parser: esl.FrameParser = field(default_factory=esl.FrameParser)
-    _pending: list = field(default_factory=list)  # reply callbacks, FIFO
-    _apps: dict = field(default_factory=dict)  # Event-UUID -> machine tag
+    _wire: OutboundSession = field(default_factory=OutboundSession)
+    _on_reply: dict = field(default_factory=dict)  # command token -> callback(Reply)
+    _prompts: set = field(default_factory=set)  # tags of the executes that are the consent prompt
+    _tokens: itertools.count = field(default_factory=itertools.count)
     _timers: dict = field(default_factory=dict)
     _deleted: set = field(default_factory=set)  # recording ids withdrawn in this call
     _sealed: set = field(default_factory=set)  # recording ids sent to be sealed
-    _backlog: list = field(default_factory=list)  # frames read with the handshake's last reply
+    _backlog: list = field(default_factory=list)  # what the wire yielded before the machine ran
     _lock: gevent.lock.RLock = field(default_factory=gevent.lock.RLock)
     _finished: bool = False
     _lingering: bool = False
@@ -97,27 +126,33 @@ class CallSession:
 
     # --- socket ---------------------------------------------------------------
 
-    def _send(self, data: bytes, on_reply=None) -> None:
-        if self._closed:
-            return
-        self._pending.append(on_reply)
-        self.sock.sendall(data)
+    def _send(self, data: bytes) -> None:
+        if not self._closed:
+            self.sock.sendall(data)
 
-    def _read_messages(self) -> list[esl.Message]:
-        while True:
-            data = self.sock.recv(READ_SIZE)
-            if not data:
-                raise SessionGone()
-            messages = self._parser.feed(data)
-            if messages:
-                return messages
+    def _receive(self) -> list:
+        """What the next bytes from the socket complete (possibly nothing)."""
+        data = self.sock.recv(READ_SIZE)
+        if not data:
+            raise SessionGone()
+        return self._wire.receive(data)
 
-    def _read_one(self, timeout: float) -> esl.Message:
-        """Used during the handshake only, where replies come one at a time."""
+    def _request(self, make, timeout: float):
+        """Send one command and wait for its reply; everything else that comes is kept.
+
+        Events can come before any reply (CHANNEL_PARK after ``myevents``), so the next
+        frame is never taken for the reply: the session matches replies by order.
+        """
+        token = next(self._tokens)
+        self.sock.sendall(make(token))
         with gevent.Timeout(timeout, SessionGone("handshake timeout")):
-            while not self._backlog:
-                self._backlog = self._read_messages()
-            return self._backlog.pop(0)
+            while True:
+                items = self._receive()
+                for index, item in enumerate(items):
+                    if isinstance(item, (Reply, Connected)) and item.token == token:
+                        self._backlog += items[index + 1:]
+                        return item
+                    self._backlog.append(item)
 
     # --- life cycle -----------------------------------------------------------
 
@@ -134,11 +169,11 @@ class CallSession:
             if self.facts.objection is None:
                 self._feed(consent.Failed("objection-unknown"))
             backlog, self._backlog = self._backlog, []
-            for msg in backlog:
-                self._dispatch(msg)
+            for item in backlog:
+                self._dispatch(item)
             while not self._closed:
-                for msg in self._read_messages():
-                    self._dispatch(msg)
+                for item in self._receive():
+                    self._dispatch(item)
         except (SessionGone, OSError):
             pass
         except esl.ProtocolError as exc:
@@ -151,17 +186,12 @@ class CallSession:
 
     def _handshake(self) -> None:
         timeout = self.ctx.config.server.handshake_timeout
-        self.sock.sendall(esl.encode_command("connect"))
-        reply = self._read_one(timeout)
-        channel_uuid = reply.headers.get("Unique-ID")
-        if reply.content_type != "command/reply" or not channel_uuid:
-            raise esl.ProtocolError("connect reply without Unique-ID")
-        self.facts = CallFacts(uuid=channel_uuid, started_at=ledger.utcnow())
-        self._protect_caller(reply.headers.get("Caller-Caller-ID-Number", ""))
+        connected = self._request(self._wire.send_connect, timeout)
+        self.facts = CallFacts(uuid=connected.channel_uuid, started_at=ledger.utcnow())
+        self._protect_caller(connected.headers.get("Caller-Caller-ID-Number", ""))
         for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP CHANNEL_HOLD CHANNEL_UNHOLD"):
-            self.sock.sendall(esl.encode_command(line))
-            answer = self._read_one(timeout)
-            if not (answer.reply_text or "").startswith("+OK"):
+            reply = self._request(lambda token, line=line: self._wire.send_command(line, token), timeout)
+            if not reply.text.startswith("+OK"):
                 raise esl.ProtocolError(f"'{line}' was refused")
         self.machine = consent.ConsentCall(policy=self.ctx.policy, recording_id=uuidlib.uuid4().hex)
         self.facts.objection = self._objection()
@@ -188,9 +218,8 @@ class CallSession:
         ``connect`` makes it return at once.
         """
         try:
-            self.sock.sendall(esl.encode_command("connect"))
-            self._read_one(self.ctx.config.server.handshake_timeout)
-            self.sock.sendall(esl.encode_command("exit"))
+            self._request(self._wire.send_connect, self.ctx.config.server.handshake_timeout)
+            self.sock.sendall(self._wire.send_exit())
         except (SessionGone, esl.ProtocolError, OSError):
             pass
         self._close()
@@ -234,39 +263,30 @@ class CallSession:
 
     # --- inbound frames -------------------------------------------------------
 
-    def _dispatch(self, msg: esl.Message) -> None:
-        ctype = msg.content_type
-        if ctype in ("command/reply", "api/response"):
-            callback = self._pending.pop(0) if self._pending else None
-            if callback is not None:
-                callback(msg)
-        elif ctype == "text/event-plain":
-            self._on_event(msg.event())
-        elif ctype == "text/disconnect-notice":
-            if msg.headers.get("Content-Disposition") == "linger":
+    def _dispatch(self, item) -> None:
+        match item:
+            case Reply(token=token):
+                callback = self._on_reply.pop(token, None)
+                if callback is not None:
+                    callback(item)
+            case Completed(token=tag, event=ev):
+                if tag in self._prompts:
+                    self._feed(prompt_answer(tag, ev))
+                else:
+                    self._feed(consent.AppCompleted(tag))
+            case ChannelEvent(event=ev):
+                self._on_event(ev)
+            case Lingering():
                 self._lingering = True
                 self._feed(consent.Disconnected())
                 self._maybe_exit()
-            else:
+            case Closed():
                 self._feed(consent.Disconnected())
                 self._close()
 
     def _on_event(self, ev: esl.Event) -> None:
         name = ev.name
-        if ev.get("Unique-ID") not in (None, self.facts.uuid):
-            return  # another leg's event (the agent's DTMF must not count as the caller's)
-        if name == "CHANNEL_EXECUTE_COMPLETE":
-            tag = self._apps.pop(ev.get("Application-UUID", ""), None)
-            if tag is None:
-                return
-            if tag.startswith("prompt"):
-                digit = ev.get(f"variable_{consent.PROMPT_VARIABLE}")
-                if ev.get("variable_read_result") != "success":
-                    digit = None
-                self._feed(consent.PromptAnswered(tag, digit))
-            else:
-                self._feed(consent.AppCompleted(tag))
-        elif name == "CHANNEL_EXECUTE":
+        if name == "CHANNEL_EXECUTE":
             if ev.get("Application") == "set":
                 data = ev.get("Application-Data")
                 if data == f"{consent.AGENT_MARKER_VARIABLE}={consent.AGENT_MARKER_VALUE}":
@@ -352,14 +372,28 @@ class CallSession:
         return recording_path(self.ctx.spool_dir, recording_id)
 
     def _api(self, command: str, on_reply=None) -> None:
-        self._send(esl.encode_api(command), on_reply)
+        if self._closed or self._exit_sent:
+            return
+        token = next(self._tokens)
+        if on_reply is not None:
+            self._on_reply[token] = on_reply
+        self._send(self._wire.send_api(command, token))
 
     def _do_Execute(self, cmd: Execute) -> None:
-        event_uuid = str(uuidlib.uuid4())
-        self._apps[event_uuid] = cmd.tag
-        self._send(esl.encode_execute(cmd.app, cmd.arg, event_uuid=event_uuid))
+        if self._closed or self._exit_sent:
+            return
+        if cmd.prompt:
+            self._prompts.add(cmd.tag)
+        self._on_reply[cmd.tag] = self._execute_refused
+        self._send(self._wire.send_execute(cmd.app, cmd.arg, cmd.tag))
         if cmd.tag.startswith("menu"):
             self.facts.menu_at = ledger.utcnow()
+
+    def _execute_refused(self, reply: Reply) -> None:
+        """A sendmsg answered -ERR runs nothing and never completes: fail closed, go on."""
+        if not reply.ok and not self._lingering:
+            log.warning("call %s: FreeSWITCH refused an execute (%s)", self.facts.uuid, reply.text.strip()[:60])
+            self._feed(consent.Failed("execute-refused"))
 
     def _do_SetVariable(self, cmd: SetVariable) -> None:
         self._api(f"uuid_setvar {self.facts.uuid} {cmd.name} {cmd.value}")
@@ -468,5 +502,5 @@ class CallSession:
         """With linger, FreeSWITCH holds the session until we say ``exit``: say it once we are done."""
         if self._finished and self._lingering and not self._exit_sent:
             self._exit_sent = True
-            self._send(esl.encode_command("exit"))
+            self._send(self._wire.send_exit())
             self._timers["exit"] = gevent.spawn_later(EXIT_GRACE_S, self._close)

@@ -42,6 +42,7 @@ OUTCOMES = (
     ("withdrawn_after_call", "Withdrawn after the call"),
     ("abandoned", "Abandoned"),
     ("error", "Error (not recorded)"),
+    ("error_by_restart", "Error: fs-consent restarted during the call (not recorded)"),
     ("undecided", "Undecided (live)"),
 )
 MAX_DAYS = 3660  # days shown in the per-day series
@@ -60,6 +61,8 @@ def outcome_of(outcome, decided_by, withdrawn_by, withdrawn_at, ended_at) -> str
         return "withdrawn_after_call"
     if outcome == consent.REFUSED and decided_by == consent.BY_OBJECTION:
         return "refused_by_objection"
+    if outcome == consent.ERROR and decided_by == consent.BY_RESTART:
+        return "error_by_restart"
     if outcome in (consent.REFUSED, consent.ABANDONED, consent.ERROR):
         return outcome
     return "undecided"
@@ -332,7 +335,7 @@ _OUTCOME_COLOURS = {
     "granted_by_silence": "#4f8fd6", "granted_by_key": "#2f6fb3", "refused": "#7a7a7a",
     "refused_by_objection": "#5c5c5c",
     "withdrawn_during_call": "#d9822b", "withdrawn_by_callback": "#b35c12", "withdrawn_after_call": "#8c4a10",
-    "abandoned": "#a3a3a3", "error": "#b3261e", "undecided": "#cfcfcf",
+    "abandoned": "#a3a3a3", "error": "#b3261e", "error_by_restart": "#7f1d1d", "undecided": "#cfcfcf",
 }
 
 

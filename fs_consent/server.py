@@ -27,12 +27,14 @@ from gevent.server import StreamServer
 from . import consent, holds, keys, ledger, notify, spool
 from .control import ControlServer
 from .driver import CallSession
-from .ledger import Call, Recording
+from .ledger import Call, ConsentEvent, Recording
 from .protect import FieldProtector
 from .vault import Vault, VaultError
 from .withdrawal import recent_recorded_calls, withdraw_ended_call
 
 log = logging.getLogger(__name__)
+
+RESTART_HANGUP_CAUSE = "UNKNOWN_FS_CONSENT_RESTART"  # the call was open when fs-consent stopped
 
 
 def policy_from_config(config) -> consent.Policy:
@@ -153,9 +155,24 @@ class ServerContext:
         # recordings the crash left unsettled whose file is gone
         Recording.update(state=ledger.FAILED, state_reason="lost-in-crash").where(
             Recording.state == ledger.RECORDING).execute()
-        Call.update(ended_at=ledger.utcnow(), hangup_cause="UNKNOWN_FS_CONSENT_RESTART").where(
-            Call.ended_at.is_null()).execute()
+        self._end_interrupted_calls()
         return report
+
+    @staticmethod
+    def _end_interrupted_calls() -> None:
+        """Every call the crash left open ends now; one still undecided ends ``error`` by
+        ``restart`` (it went on unrecorded: FreeSWITCH's fallback, or the caller hung up)."""
+        now = ledger.utcnow()
+        with ledger.database.atomic():
+            for call in Call.select().where(Call.ended_at.is_null()):
+                changes = {"ended_at": now, "hangup_cause": RESTART_HANGUP_CAUSE}
+                if call.outcome is None:
+                    changes.update(outcome=consent.ERROR, decided_by=consent.BY_RESTART, decided_at=now)
+                    ConsentEvent.insert(call=call.id, at=now, kind="decision", outcome=consent.ERROR,
+                                        by=consent.BY_RESTART).execute()
+                    ledger.append_audit("server", "consent.decision", "call", call.uuid, outcome=consent.ERROR,
+                                        by=consent.BY_RESTART)
+                Call.update(**changes).where(Call.id == call.id).execute()
 
     # --- withdrawal ---------------------------------------------------------------
 

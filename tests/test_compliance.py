@@ -243,6 +243,22 @@ def test_a_key_file_open_to_others(site):
     assert all(re.fullmatch(r"(OK|FAIL) [a-z.]+: .+", line) for line in out.output.splitlines())
 
 
+def test_an_ended_call_without_an_outcome_fails_and_restarts_are_counted(site):
+    call = site.add_call(dt.datetime(2026, 11, 3, 9, 0))
+    results = site.check()
+    assert results["calls.outcome"].ok
+    assert results["calls.outcome"].detail == ("every ended call has an outcome; "
+                                               "0 ended by a restart of fs-consent (outcome error, not recorded)")
+    ledger.Call.update(outcome="error", decided_by="restart").where(ledger.Call.id == call.id).execute()
+    assert site.check()["calls.outcome"].detail.endswith("; 1 ended by a restart of fs-consent "
+                                                          "(outcome error, not recorded)")
+    ledger.Call.update(outcome=None).where(ledger.Call.id == call.id).execute()
+    results = site.check()
+    assert failing(results) == {"calls.outcome"}
+    assert results["calls.outcome"].detail.startswith("1 ended call(s) without an outcome")
+    assert site.cli().exit_code == 1
+
+
 def test_a_tampered_audit_trail(site):
     ledger.database.execute_sql("DELETE FROM audit_entry WHERE seq = 2")
     results = site.check()

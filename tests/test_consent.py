@@ -100,6 +100,43 @@ def test_hangup_during_prompt_is_abandoned_with_nothing_recorded():
     assert call.handle(c.PromptAnswered(tag, None)) == []
 
 
+@pytest.mark.parametrize("hangup_first", [True, False])
+def test_a_hangup_racing_the_prompt_completion_is_abandoned_in_either_order(hangup_first):
+    """On a real FreeSWITCH the completion can win the race with CHANNEL_HANGUP; it then
+    says the caller is gone (Answer-State: hangup), and that is not silence."""
+    call = new_call()
+    tag = start(call)
+    gone = c.PromptAnswered(tag, None, c.PROMPT_CALLER_GONE)
+    events = [c.HungUp(), gone] if hangup_first else [gone, c.HungUp()]
+    history = [cmd for ev in events + [c.Disconnected()] for cmd in call.handle(ev)]
+    assert of(history, c.Decide) == [c.Decide(c.ABANDONED, c.BY_HANGUP)]
+    assert of(history, c.StartRecording) == []
+    assert [cmd for cmd in of(history, c.Execute) if cmd.app == "execute_extension"] == []
+    assert of(history, c.Finish) == [c.Finish(c.ABANDONED)]
+
+
+def test_a_refusal_pressed_just_before_hanging_up_still_counts():
+    call = new_call()
+    out = call.handle(c.PromptAnswered(start(call), "1", c.PROMPT_CALLER_GONE))
+    assert c.Decide(c.REFUSED, c.BY_KEY) in out and of(out, c.WithdrawEarlierCalls)
+
+
+def test_a_prompt_cut_short_without_a_hangup_is_an_error_not_silence():
+    call = new_call()
+    out = call.handle(c.PromptAnswered(start(call), None, c.PROMPT_INTERRUPTED))
+    assert of(out, c.Decide) == [c.Decide(c.ERROR, c.BY_FAILURE)]
+    assert of(out, c.StartRecording) == []
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]  # on into the menu
+
+
+def test_a_caller_reported_gone_who_is_still_there_reaches_the_menu_at_the_deadline():
+    call = new_call()
+    call.handle(c.PromptAnswered(start(call), None, c.PROMPT_CALLER_GONE))
+    out = call.handle(c.TimerFired(c.DECISION_DEADLINE_TIMER))
+    assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]
+    assert of(out, c.StartRecording) == [] and call.outcome == c.ABANDONED
+
+
 def granted_and_recording(**policy):
     call = new_call(**policy)
     call.handle(c.PromptAnswered(start(call), None))
@@ -330,7 +367,8 @@ def test_a_withdrawal_after_a_flag_still_deletes():
 
 EVENTS = st.one_of(
     st.just("answer"), st.just("prompt"),
-    st.builds(lambda d: ("digit-at-prompt", d), st.sampled_from(["1", "2", "5", None])),
+    st.builds(lambda d, e: ("digit-at-prompt", d, e), st.sampled_from(["1", "2", "5", None]),
+              st.sampled_from([c.PROMPT_TIMED_OUT, c.PROMPT_CALLER_GONE, c.PROMPT_INTERRUPTED])),
     st.builds(c.CallerDigit, st.sampled_from(list("*1250#"))),
     st.just(c.AgentWithdraw()), st.just(c.WithdrawRequested()), st.just(c.AgentFlag()),
     st.just(c.RecordStarted(RID)), st.builds(c.RecordStopped, st.just(RID), st.booleans()),
@@ -346,8 +384,8 @@ def materialise(call, token):
         return c.AppCompleted(tags[-1] if tags else "answer-0")
     if isinstance(token, tuple) or token == "prompt":
         tags = [t for t, p in call._tags.items() if p == "prompt"]
-        digit = token[1] if isinstance(token, tuple) else None
-        return c.PromptAnswered(tags[-1] if tags else "prompt-0", digit)
+        digit, ended = token[1:] if isinstance(token, tuple) else (None, c.PROMPT_TIMED_OUT)
+        return c.PromptAnswered(tags[-1] if tags else "prompt-0", digit, ended)
     return token
 
 
@@ -363,6 +401,10 @@ def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_
         event = materialise(call, token)
         out = call.handle(event)
         history += out
+        # silence is consent only after the whole prompt and its timeout, the caller still there
+        if c.Decide(c.GRANTED, c.BY_SILENCE) in out:
+            assert isinstance(event, c.PromptAnswered) and event.ended == c.PROMPT_TIMED_OUT
+            assert not call.hung_up
         # the callback withdrawal follows only the refuse digit pressed at the prompt
         if of(out, c.WithdrawEarlierCalls):
             assert isinstance(event, c.PromptAnswered) and event.digit == call.policy.refuse_digit

@@ -161,6 +161,26 @@ def test_crash_mid_call_then_restart_seals_or_deletes_the_leftovers(server):
     assert server.stop() == 0
 
 
+def test_a_call_cut_off_in_the_prompt_by_a_crash_ends_error_by_restart(server):
+    """SIGKILL while the caller hears the prompt: after the restart the call has an outcome,
+    and the report and the compliance check count it."""
+    server.start()
+    emulator = server.emulator()
+    call = gevent.spawn(emulator.place_call, CallerScript(digits=[None], prompt_seconds=30.0), timeout=30)
+    wait_for(lambda: server.cli("calls", "list", "--format", "json").stdout.strip() not in ("", "[]"))
+    server.stop(signal.SIGKILL)
+    call.get(timeout=30)
+    server.start()
+    (row,) = json.loads(server.cli("calls", "list", "--format", "json").stdout)
+    assert row["outcome"] == "error" and row["ended_at"]
+    report = json.loads(server.cli("report", "--format", "json").stdout)
+    counted = {o["outcome"]: o["calls"] for o in report["consent"]}
+    assert counted["error_by_restart"] == 1 and counted["undecided"] == 0
+    compliance = server.cli("compliance", check=False)
+    assert "OK calls.outcome: every ended call has an outcome; 1 ended by a restart" in compliance.stdout
+    assert server.stop() == 0
+
+
 def test_loose_identity_file_is_refused(server):
     server.start()
     assert server.stop() == 0

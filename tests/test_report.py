@@ -100,7 +100,8 @@ def test_the_figures(site, known):
     assert outcomes == {
         "granted_by_silence": (1, 0.1), "granted_by_key": (1, 0.1), "refused": (1, 0.1),
         "refused_by_objection": (1, 0.1), "withdrawn_during_call": (1, 0.1), "withdrawn_by_callback": (1, 0.1),
-        "withdrawn_after_call": (1, 0.1), "abandoned": (1, 0.1), "error": (1, 0.1), "undecided": (1, 0.1)}
+        "withdrawn_after_call": (1, 0.1), "abandoned": (1, 0.1), "error": (1, 0.1), "error_by_restart": (0, 0.0),
+        "undecided": (1, 0.1)}
     rec = r["recordings"]
     assert (rec["stored"], rec["deleted"], rec["discarded"], rec["failed"]) == (2, 3, 1, 0)
     assert rec["deleted_by_reason"] == {"withdrawn": 3}

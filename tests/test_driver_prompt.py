@@ -1,0 +1,64 @@
+"""How the driver reads the consent prompt's completion: from the completion itself,
+never from the order in which it and the hang-up arrive (captures s1, s2, s8)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fs_consent import consent, esl
+from fs_consent.driver import prompt_answer
+
+
+def completions(captures_dir, name: str) -> list[esl.Event]:
+    """play_and_get_digits' CHANNEL_EXECUTE_COMPLETE events in a capture's outbound side."""
+    rx = (captures_dir / f"{name}.outbound.rx.bin").read_bytes()
+    events = [m.event() for m in esl.FrameParser().feed(rx) if m.content_type == "text/event-plain"]
+    return [e for e in events if e.name == "CHANNEL_EXECUTE_COMPLETE" and e.get("Application") == "play_and_get_digits"]
+
+
+def with_digit_variable(ev: esl.Event) -> esl.Event:
+    """The captures used the variable name consent_digit; fs-consent asks for fs_consent_digit."""
+    items = [(f"variable_{consent.PROMPT_VARIABLE}" if n == "variable_consent_digit" else n, v) for n, v in ev.items]
+    return esl.FrameParser().feed(esl.encode_event(items))[0].event()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("s1_digit_pressed", ("1", consent.PROMPT_TIMED_OUT)),
+    ("s2_no_digit", (None, consent.PROMPT_TIMED_OUT)),
+    ("s8_caller_hangup_during_pagd", (None, consent.PROMPT_CALLER_GONE)),
+])
+def test_the_captured_completions_read_as_what_the_caller_did(captures_dir, name, expected):
+    [completion] = completions(captures_dir, name)
+    answer = prompt_answer("prompt-1", with_digit_variable(completion))
+    assert (answer.digit, answer.ended) == expected
+
+
+def race_winner(captures_dir, **changes: str | None) -> esl.Event:
+    """s8's completion as it looks when it wins the race (same headers: the channel state and
+    cause are set before CHANNEL_HANGUP fires), with some headers changed or dropped."""
+    [completion] = completions(captures_dir, "s8_caller_hangup_during_pagd")
+    items = [(n, changes.get(n, v)) for n, v in completion.items if changes.get(n, v) is not None]
+    items += [(n, v) for n, v in changes.items() if v is not None and n not in dict(completion.items)]
+    return esl.FrameParser().feed(esl.encode_event(items))[0].event()
+
+
+def test_a_hangup_with_read_result_failure_is_still_the_caller_gone(captures_dir):
+    """A hang-up during the collection after the prompt makes read_result 'failure', as a
+    timeout does: only the completion's answer state tells them apart."""
+    answer = prompt_answer("prompt-1", race_winner(captures_dir, variable_read_result="failure"))
+    assert answer.ended == consent.PROMPT_CALLER_GONE
+
+
+def test_a_hangup_cause_alone_marks_the_caller_gone(captures_dir):
+    answer = prompt_answer("prompt-1", race_winner(captures_dir, **{"Answer-State": "answered"}))
+    assert answer.ended == consent.PROMPT_CALLER_GONE
+
+
+def test_no_read_result_and_no_hangup_is_an_interrupted_prompt(captures_dir):
+    ev = race_winner(captures_dir, **{"Answer-State": "answered", "Hangup-Cause": None})
+    assert prompt_answer("prompt-1", ev).ended == consent.PROMPT_INTERRUPTED
+
+
+def test_a_digit_collected_counts_even_if_the_caller_then_hung_up(captures_dir):
+    ev = race_winner(captures_dir, variable_read_result="success", **{f"variable_{consent.PROMPT_VARIABLE}": "1"})
+    assert (prompt_answer("prompt-1", ev).digit) == "1"
