@@ -328,6 +328,8 @@ def withdraw(ctx: Context, call_uuid):
     where = "live call" if reply.get("live") else "ended call"
     deleted = reply.get("deleted")
     suffix = f"; deleted recordings: {', '.join(deleted) or 'none'}" if deleted is not None else ""
+    if reply.get("ledger") == "queued":
+        suffix += "; the ledger is busy: the withdrawal is written to it as soon as it can take it"
     click.echo(f"withdrawn: {where} {call_uuid}{suffix}")
 
 

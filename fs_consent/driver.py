@@ -26,7 +26,8 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from . import consent, esl, holds, ledger, objections
+from . import consent, esl, ledger, objections
+from . import facts as ledger_facts
 from .consent import (
     CancelTimer,
     Decide,
@@ -45,7 +46,6 @@ from .consent import (
     WithdrawEarlierCalls,
 )
 from .esl.session import ChannelEvent, Closed, Completed, Connected, Lingering, OutboundSession, Reply
-from .ledger import Call, ConsentEvent, Recording
 from .logs import fields
 from .spool import recording_path
 
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 READ_SIZE = 65536
 UNCONFIRMED_SEAL_DELAY_S = 1.0  # no RECORD_STOP seen: give FreeSWITCH time to close the file
 EXIT_GRACE_S = 5.0  # after 'exit', FreeSWITCH closes at once; do not wait longer than this
+OBJECTION_READ_TIMEOUT_S = 0.5  # no answer by then: the call is not recorded (fail closed), the prompt starts
 
 
 class SessionGone(Exception):
@@ -87,7 +88,7 @@ class CallFacts:
 
     uuid: str
     started_at: dt.datetime
-    call_id: int | None = None  # the ledger row, known once the write-behind queue inserted it
+    instance: str = field(default_factory=lambda: uuidlib.uuid4().hex)  # this connection: the row's key
     caller_hash: str | None = None
     caller_sealed: bytes | None = None
     answered_at: dt.datetime | None = None
@@ -95,6 +96,7 @@ class CallFacts:
     bridged_at: dt.datetime | None = None
     hangup_cause: str | None = None
     objection: bool | None = False  # the number objects to recording (art. 21); None: the ledger could not say
+    recording_note: str | None = None  # why the call may not be recorded at all (None: it may)
 
 
 @dataclass
@@ -163,9 +165,10 @@ class CallSession:
             log.warning("call dropped during handshake: %s", type(exc).__name__)
             self._close()
             return
-        self.ctx.registry[self.facts.uuid] = self
+        self.ctx.registry[self.facts.instance] = self
         try:
-            self._feed(consent.CallStarted(can_record=self.ctx.vault_ready, objection=self.facts.objection is True))
+            self._feed(consent.CallStarted(can_record=self.facts.recording_note is None,
+                                           objection=self.facts.objection is True))
             if self.facts.objection is None:
                 self._feed(consent.Failed("objection-unknown"))
             backlog, self._backlog = self._backlog, []
@@ -182,7 +185,7 @@ class CallSession:
         finally:
             self._feed(consent.Disconnected())
             self._close()
-            self.ctx.registry.pop(self.facts.uuid, None)
+            self.ctx.registry.pop(self.facts.instance, None)
 
     def _handshake(self) -> None:
         timeout = self.ctx.config.server.handshake_timeout
@@ -196,20 +199,19 @@ class CallSession:
         self.machine = consent.ConsentCall(policy=self.ctx.policy, recording_id=uuidlib.uuid4().hex)
         self.facts.objection = self._objection()
         facts, policy, ctx = self.facts, self.ctx.policy, self.ctx
-        note = None  # why the call is not recorded whatever the caller says
+        # why the call is not recorded whatever the caller says (None: it may be)
         if facts.objection is None:
-            note = "objection-unknown"
+            facts.recording_note = "objection-unknown"
         elif not ctx.vault_ready:
-            note = "no-recipient"
-
-        def write():
-            facts.call_id = Call.insert(
-                uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
-                language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
-                caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed, recording_note=note,
-            ).execute()
-
-        self.ctx.writer.submit(write)
+            facts.recording_note = "no-recipient"
+        elif not ctx.writer.healthy:
+            # the consent facts could not be proven now: fail closed for the recording
+            facts.recording_note = "ledger-unavailable"
+            log.error("call %s: %s: the call goes on unrecorded", facts.uuid, ctx.writer.unhealthy_reason)
+        ctx.writer.record(ledger_facts.CallOpened(
+            instance=facts.instance, uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
+            language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
+            caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed, recording_note=facts.recording_note))
 
     def hand_back(self) -> None:
         """Give the call back to the dialplan untouched: its fallback continues unrecorded.
@@ -238,13 +240,15 @@ class CallSession:
     def _objection(self) -> bool | None:
         """Whether the caller's number objects to recording; None if the ledger could not say.
 
-        One indexed read, straight from the call's greenlet (it must be known before the
-        first command). An anonymous caller has no number to object with.
+        One indexed read, off the hub with a short bound (it must be known before the first
+        command; a locked ledger must not delay the prompt). An anonymous caller has no
+        number to object with.
         """
         if not self.facts.caller_hash:
             return False
+        caller_hash = self.facts.caller_hash
         try:
-            return objections.objects(self.facts.caller_hash)
+            return self.ctx.writer.read(lambda: objections.objects(caller_hash), OBJECTION_READ_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - fail closed for the recording, open for the call
             log.error("call %s: objection look-up failed (%s): the call is not recorded",
                       self.facts.uuid, type(exc).__name__)
@@ -400,9 +404,7 @@ class CallSession:
 
     def _do_StartRecording(self, cmd: StartRecording) -> None:
         self._do_Execute(Execute("record_session", str(self._path(cmd.recording_id)), cmd.tag))
-        facts, rid, now = self.facts, cmd.recording_id, ledger.utcnow()
-        self.ctx.writer.submit(lambda: Recording.insert(
-            id=rid, call=facts.call_id, state=ledger.RECORDING, started_at=now).execute())
+        self.ctx.writer.record(ledger_facts.RecordingStarted(self.facts.instance, cmd.recording_id, ledger.utcnow()))
 
     def _do_StopRecording(self, cmd: StopRecording) -> None:
         path = self._path(cmd.recording_id)
@@ -416,59 +418,34 @@ class CallSession:
 
     def _do_DeleteRecording(self, cmd: DeleteRecording) -> None:
         rid = cmd.recording_id
-        if self._held(rid):
-            # sealed while the call went on, and held for the agent's flag: not erased
-            self.ctx.writer.submit(lambda: ledger.append_audit(
-                "server", "recording.delete.refused", "recording", rid, reason=cmd.reason,
-                holds=[h.id for h in holds.holds_on([rid])]))
-            return
         self._deleted.add(rid)
-        self._path(rid).unlink(missing_ok=True)
-        self.ctx.vault.delete(rid)
-        now, reason = ledger.utcnow(), cmd.reason
-
-        def write():
-            Recording.update(state=ledger.DELETED, state_reason=reason, deleted_at=now).where(
-                Recording.id == rid).execute()
-            ledger.append_audit("server", "recording.delete", "recording", rid, reason=reason)
-
-        self.ctx.writer.submit(write)
-
-    def _held(self, recording_id: str) -> bool:
-        """Only a recording already sealed can be held; ask the ledger only then."""
-        if recording_id not in self._sealed:
-            return False
-        return holds.is_held(recording_id)
+        sealed = rid in self._sealed  # then it may be under a legal hold: the ledger decides, in order
+        if not sealed:
+            self._path(rid).unlink(missing_ok=True)
+            self.ctx.vault.delete(rid)
+        self.ctx.writer.record(ledger_facts.RecordingDeleted(rid, cmd.reason, ledger.utcnow(), sealed=sealed))
 
     def _do_FlagCall(self, cmd: FlagCall) -> None:
-        facts, now = self.facts, ledger.utcnow()
-        self.ctx.writer.submit(lambda: holds.flag_call(facts.call_id, facts.uuid, cmd.kind, by=cmd.by, at=now))
+        self.ctx.writer.record(ledger_facts.CallFlagged(self.facts.instance, self.facts.uuid, cmd.kind, cmd.by,
+                                                        ledger.utcnow()))
 
     def _do_SealRecording(self, cmd: SealRecording) -> None:
         self._sealed.add(cmd.recording_id)
         self.ctx.seal_later(cmd.recording_id, self._deleted, delay=0.0 if cmd.confirmed else UNCONFIRMED_SEAL_DELAY_S)
 
     def _do_RecordingDiscarded(self, cmd: RecordingDiscarded) -> None:
-        rid = cmd.recording_id
-        self._path(rid).unlink(missing_ok=True)
-        self.ctx.writer.submit(lambda: Recording.update(
-            state=ledger.DISCARDED, state_reason="no-audio").where(Recording.id == rid).execute())
+        self._path(cmd.recording_id).unlink(missing_ok=True)
+        self.ctx.writer.record(ledger_facts.RecordingDiscarded(cmd.recording_id))
 
     def _do_PlayToCaller(self, cmd: PlayToCaller) -> None:
         self._api(f"uuid_broadcast {self.facts.uuid} {cmd.file} aleg")
 
     def _do_Decide(self, cmd: Decide) -> None:
-        facts, now = self.facts, ledger.utcnow()
+        facts = self.facts
         withdrawal = cmd.outcome == consent.WITHDRAWN and self.machine.withdrawn
         kind = "withdrawal" if withdrawal else "decision"
-        changes = {"withdrawn_by": cmd.by, "withdrawn_at": now} if withdrawal else {"decided_by": cmd.by, "decided_at": now}
-
-        def write():
-            Call.update(outcome=cmd.outcome, **changes).where(Call.id == facts.call_id).execute()
-            ConsentEvent.insert(call=facts.call_id, at=now, kind=kind, outcome=cmd.outcome, by=cmd.by).execute()
-            ledger.append_audit("server", f"consent.{kind}", "call", facts.uuid, outcome=cmd.outcome, by=cmd.by)
-
-        self.ctx.writer.submit(write)
+        self.ctx.writer.record(ledger_facts.ConsentDecided(facts.instance, facts.uuid, kind, cmd.outcome, cmd.by,
+                                                           ledger.utcnow()))
         log.debug("consent %s", kind, extra=fields(call=facts.uuid, outcome=cmd.outcome, by=cmd.by))
 
     def _do_WithdrawEarlierCalls(self, cmd: WithdrawEarlierCalls) -> None:
@@ -490,10 +467,9 @@ class CallSession:
         # wachttijd: from entering the menu to reaching staff (the consent prompt is not waiting)
         wait = (facts.bridged_at - facts.menu_at).total_seconds() if facts.bridged_at and facts.menu_at else None
         duration = (now - since).total_seconds()
-        self.ctx.writer.submit(lambda: Call.update(
-            answered_at=facts.answered_at, bridged_at=facts.bridged_at, ended_at=now,
-            duration_seconds=duration, wait_seconds=wait,
-            hangup_cause=facts.hangup_cause).where(Call.id == facts.call_id).execute())
+        self.ctx.writer.record(ledger_facts.CallEnded(
+            facts.instance, answered_at=facts.answered_at, bridged_at=facts.bridged_at, ended_at=now,
+            duration_seconds=duration, wait_seconds=wait, hangup_cause=facts.hangup_cause))
         log.info("call ended", extra=fields(call=facts.uuid, outcome=self.machine.outcome,
                                             hangup_cause=facts.hangup_cause, seconds=round(duration, 1)))
         self._maybe_exit()

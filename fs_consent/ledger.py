@@ -4,9 +4,8 @@ SQLite in WAL mode is the embedded default; any ``playhouse.db_url`` URL selects
 another engine. Personal fields are stored only as a keyed hash (look-up) plus an
 AEAD-sealed value (see ``protect.py``); nothing here ever logs them.
 
-Under gevent the server writes through ``LedgerWriter``: one greenlet runs every
-queued write of a moment in one short transaction, so hundreds of calls do not
-each wait on SQLite, and no transaction is ever held across network I/O.
+The server writes through ``ledger_writer.LedgerWriter``, in a thread of its own, so
+a locked or slow database never stalls the calls.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from playhouse.db_url import connect as connect_url
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # migrations.py upgrades older databases
+SCHEMA_VERSION = 3  # migrations.py upgrades older databases
 
 database = DatabaseProxy()
 
@@ -65,7 +64,9 @@ class Meta(BaseModel):
 
 
 class Call(BaseModel):
-    uuid = CharField(unique=True, max_length=64)
+    # FreeSWITCH's channel uuid: the same channel can reach the socket twice (sent back into
+    # the extension after a transfer), so it is not unique; ``instance`` is (schema 3)
+    uuid = CharField(index=True, max_length=64)
     started_at = DateTimeField()
     answered_at = DateTimeField(null=True)
     bridged_at = DateTimeField(null=True)
@@ -88,6 +89,14 @@ class Call(BaseModel):
     # schema 2: when and why the personal fields (number, CallDetail) were erased
     personal_erased_at = DateTimeField(null=True)
     personal_erased_reason = CharField(null=True)  # retention | erasure:<request ref>
+    # schema 3: this connection on this server (a uuid4 hex the driver makes): every later
+    # write of the call finds its row by it, never by an id carried over from an earlier batch
+    instance = CharField(null=True, unique=True, max_length=32)
+
+
+def call_row(instance: str):
+    """The id of the call row of ``instance``, as a subquery for the writes that follow it."""
+    return Call.select(Call.id).where(Call.instance == instance)
 
 
 class Recording(BaseModel):
@@ -326,61 +335,3 @@ def os_user() -> str:
         return getpass.getuser()
     except Exception:  # no passwd entry (containers)
         return f"uid:{os.getuid()}"
-
-
-class LedgerWriter:
-    """Serialises writes from many greenlets into short batched transactions.
-
-    Batches are small (a few ms of SQLite work) so the hub never stalls for long.
-    """
-
-    def __init__(self, max_batch: int = 25):
-        import gevent.queue
-
-        self._queue: gevent.queue.Queue = gevent.queue.Queue()
-        self._max_batch = max_batch
-        self._greenlet = None
-
-    def start(self) -> None:
-        import gevent
-
-        self._greenlet = gevent.spawn(self._run)
-
-    def submit(self, write: Callable[[], object]) -> None:
-        """Queue a write; it runs soon, in order, in a transaction with its neighbours."""
-        self._queue.put(write)
-
-    def flush(self, timeout: float | None = 10.0) -> None:
-        """Wait until everything submitted so far is written."""
-        import gevent.event
-
-        done = gevent.event.Event()
-        self._queue.put(done.set)
-        done.wait(timeout)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self.flush()
-            self._greenlet.kill()
-            self._greenlet = None
-
-    def _run(self) -> None:
-        import gevent
-
-        while True:
-            gevent.sleep(0)  # a batch blocks the hub: let the calls run between batches
-            batch = [self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                with database.atomic():
-                    for write in batch:
-                        write()
-            except Exception:
-                log.exception("ledger batch failed; retrying its writes one by one")
-                for write in batch:
-                    try:
-                        with database.atomic():
-                            write()
-                    except Exception:
-                        log.exception("ledger write failed")

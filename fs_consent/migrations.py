@@ -183,8 +183,20 @@ def _to_2(db: Database) -> None:
     db.create_tables([SubjectRequest, Restriction, Objection, CallDetail], safe=False)
 
 
+def _to_3(db: Database) -> None:
+    """Schema 3, faults: a call's row is found by its connection's ``instance`` (unique), and
+    a channel uuid may come twice (the same channel sent back into the socket)."""
+    migrator = SchemaMigrator.from_database(db)
+    run_operations(
+        migrator.drop_index("call", "call_uuid"),
+        migrator.add_index("call", ("uuid",), False),
+        migrator.add_column("call", "instance", CharField(null=True, max_length=32)),
+        migrator.add_index("call", ("instance",), True),
+    )
+
+
 #: version -> the step that upgrades a database from version - 1 to it
-STEPS: dict[int, Callable[[Database], None]] = {2: _to_2}
+STEPS: dict[int, Callable[[Database], None]] = {2: _to_2, 3: _to_3}
 
 
 # --- running them ----------------------------------------------------------------------

@@ -24,10 +24,11 @@ import gevent.event
 import gevent.pool
 from gevent.server import StreamServer
 
-from . import consent, holds, keys, ledger, notify, spool
+from . import consent, facts, holds, keys, ledger, notify, spool
 from .control import ControlServer
 from .driver import CallSession
 from .ledger import Call, ConsentEvent, Recording
+from .ledger_writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
 from .protect import FieldProtector
 from .vault import Vault, VaultError
 from .withdrawal import recent_recorded_calls, withdraw_ended_call
@@ -35,6 +36,7 @@ from .withdrawal import recent_recorded_calls, withdraw_ended_call
 log = logging.getLogger(__name__)
 
 RESTART_HANGUP_CAUSE = "UNKNOWN_FS_CONSENT_RESTART"  # the call was open when fs-consent stopped
+CONTROL_LEDGER_WAIT_S = 1.0  # a control request answers by then, whatever the ledger is doing
 
 
 def policy_from_config(config) -> consent.Policy:
@@ -58,7 +60,7 @@ class ServerContext:
 
     config: object
     announce: object = print  # first-start messages (generated keys), shown once
-    registry: dict = field(default_factory=dict)  # live calls: uuid -> CallSession
+    registry: dict = field(default_factory=dict)  # live calls: instance -> CallSession
     seals: gevent.pool.Group = field(default_factory=gevent.pool.Group)
 
     def open(self) -> None:
@@ -80,7 +82,9 @@ class ServerContext:
         ledger.open_database(s.database, announce=self.announce)
         self.vault = Vault(Path(s.store_dir), recipients, workers=s.seal_workers)
         self.vault.start()
-        self.writer = ledger.LedgerWriter()
+        journal = Path(s.data_dir) / JOURNAL_FILE
+        replayed, last_seq = replay_journal(journal, self.vault)  # facts a crash left unwritten
+        self.writer = LedgerWriter(journal, self.vault, first_seq=last_seq + 1)
         self.writer.start()
         self.policy = policy_from_config(self.config)
         c = self.config.consent
@@ -110,34 +114,29 @@ class ServerContext:
         except VaultError as exc:
             state, reason = (ledger.FAILED, "seal-failed") if path.exists() else (ledger.DISCARDED, "no-file")
             log.error("recording %s not sealed: %s", recording_id, type(exc).__name__)
-            self.writer.submit(lambda: Recording.update(state=state, state_reason=reason).where(
-                (Recording.id == recording_id) & (Recording.state == ledger.RECORDING)).execute())
+            self.writer.record(facts.RecordingNotSealed(recording_id, state, reason))
             return
         if recording_id in withdrawn:
             self.vault.delete(recording_id)
             return
-        now = ledger.utcnow()
-
-        def write():
-            changed = Recording.update(
-                state=ledger.SEALED, sealed_at=now, size=sealed.size, sha256=sealed.sha256,
-            ).where((Recording.id == recording_id) & (Recording.state == ledger.RECORDING)).execute()
-            if not changed:  # deleted (withdrawn) while it was being sealed
-                self.vault.delete(recording_id)
-                return
-            ledger.append_audit("server", "recording.seal", "recording", recording_id,
-                                size=sealed.size, sha256=sealed.sha256)
-            holds.hold_flagged(recording_id)  # the agent flagged aggression during the call
-
-        self.writer.submit(write)
+        self.writer.record(facts.RecordingSealed(recording_id, sealed.size, sealed.sha256, ledger.utcnow()))
 
     def recover_spool(self) -> spool.RecoveryReport:
-        """Seal or delete the plaintext a crash left, by the ledger's consent state."""
+        """Settle what a crash left, by what the ledger and the store say happened.
+
+        Plaintext in the spool is sealed when consent holds, deleted otherwise; a recording
+        whose ciphertext is in the store and reads as a whole age file was sealed before
+        the crash and is marked so (its plaintext, if still there, is deleted); a
+        recording that has no ledger row at all is deleted, and the audit entry says why.
+        """
+        now = ledger.utcnow()
 
         def decide(recording_id: str) -> str:
             rec = Recording.get_or_none(Recording.id == recording_id)
+            if rec is not None and self._mark_sealed_if_stored(rec):
+                return "delete"  # sealed before the crash: the plaintext is a leftover
             keep = (rec is not None and rec.state in (ledger.RECORDING, ledger.FAILED)
-                    and rec.call.outcome == consent.GRANTED)
+                    and rec.call.outcome == consent.GRANTED and rec.call.withdrawn_at is None)
             return "seal" if keep else "delete"
 
         def seal(path: Path, recording_id: str) -> None:
@@ -149,14 +148,39 @@ class ServerContext:
 
         report = spool.recover(self.spool_dir, decide, seal)
         for recording_id in report.deleted:
-            Recording.update(state=ledger.DELETED, state_reason="recovery", deleted_at=ledger.utcnow()).where(
-                (Recording.id == recording_id) & (Recording.state != ledger.DELETED)).execute()
-            ledger.append_audit("server", "recording.delete", "recording", recording_id, reason="recovery")
-        # recordings the crash left unsettled whose file is gone
-        Recording.update(state=ledger.FAILED, state_reason="lost-in-crash").where(
-            Recording.state == ledger.RECORDING).execute()
+            rec = Recording.get_or_none(Recording.id == recording_id)
+            if rec is None:
+                ledger.append_audit("server", "recording.delete", "recording", recording_id,
+                                    reason="recovery-no-ledger-row")
+            elif rec.state != ledger.SEALED:
+                Recording.update(state=ledger.DELETED, state_reason="recovery", deleted_at=now).where(
+                    (Recording.id == recording_id) & (Recording.state != ledger.DELETED)).execute()
+                ledger.append_audit("server", "recording.delete", "recording", recording_id, reason="recovery",
+                                    outcome=rec.call.outcome)
+        # recordings the crash left unsettled whose plaintext is gone
+        for rec in Recording.select().where(Recording.state == ledger.RECORDING):
+            if self._mark_sealed_if_stored(rec):
+                continue
+            withdrawn = rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None
+            state, reason = (ledger.DELETED, "recovery") if withdrawn else (ledger.FAILED, "lost-in-crash")
+            Recording.update(state=state, state_reason=reason).where(Recording.id == rec.id).execute()
         self._end_interrupted_calls()
         return report
+
+    def _mark_sealed_if_stored(self, rec: Recording) -> bool:
+        """The seal finished (fsync, rename) but its ledger write did not: say it is sealed."""
+        if rec.state == ledger.SEALED:
+            return True
+        stored = self.vault.verified_ciphertext(rec.id)
+        if stored is None:
+            return False
+        size, digest = stored
+        Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=size, sha256=digest).where(
+            Recording.id == rec.id).execute()
+        ledger.append_audit("server", "recording.seal", "recording", rec.id, recovered=True, size=size,
+                            sha256=digest)
+        holds.hold_flagged(rec.id)
+        return True
 
     @staticmethod
     def _end_interrupted_calls() -> None:
@@ -183,9 +207,11 @@ class ServerContext:
                     and session.machine.consent_holds):
                 session.withdraw(consent.BY_CALLBACK)
 
+        live = {session.facts.uuid for session in self.registry.values()}
+
         def write():
             for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
-                if call.uuid not in self.registry:
+                if call.uuid not in live:
                     withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",
                                         spool_dir=self.spool_dir, vault=self.vault)
             # under legal hold: not erased; the privacy officer can see the caller asked
@@ -205,30 +231,32 @@ class ServerContext:
             return {"ok": False, "error": f"unknown operation {op!r}"}
         call_uuid = str(request.get("call_uuid", ""))
         actor = str(request.get("actor", "unknown"))
-        session = self.registry.get(call_uuid)
-        if session is not None:
-            outcome = session.withdraw(consent.BY_COMMAND)
+        sessions = [s for s in self.registry.values() if s.facts.uuid == call_uuid]
+        if sessions:
+            # the recording is gone once withdraw() returns; the ledger may be busy: the
+            # facts are queued in order and land when it can take them
+            outcomes = [session.withdraw(consent.BY_COMMAND) for session in sessions]
             self.writer.submit(lambda: ledger.append_audit(actor, "consent.withdraw.request", "call", call_uuid,
                                                            live=True))
-            self.writer.flush()
-            return {"ok": True, "live": True, "outcome": outcome}
-        result = gevent.event.AsyncResult()
+            written = self.writer.flush(timeout=CONTROL_LEDGER_WAIT_S)
+            return {"ok": True, "live": True, "outcome": outcomes[-1], "ledger": "written" if written else "queued"}
 
         def write():
-            call = Call.get_or_none(Call.uuid == call_uuid)
+            call = Call.select().where(Call.uuid == call_uuid).order_by(Call.id.desc()).first()
             if call is None:
-                result.set({"ok": False, "error": f"unknown call {call_uuid}"})
-                return
+                return {"ok": False, "error": f"unknown call {call_uuid}"}
             try:
                 deleted = withdraw_ended_call(call, by=consent.BY_COMMAND, actor=actor,
                                               spool_dir=self.spool_dir, vault=self.vault)
             except holds.RecordingHeld as exc:
-                result.set({"ok": False, "error": str(exc)})
-                return
-            result.set({"ok": True, "live": False, "outcome": consent.WITHDRAWN, "deleted": deleted})
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "live": False, "outcome": consent.WITHDRAWN, "deleted": deleted}
 
-        self.writer.submit(write)
-        return result.get(timeout=10)
+        try:
+            return self.writer.call(write, timeout=CONTROL_LEDGER_WAIT_S)
+        except LedgerUnavailable:
+            return {"ok": False, "error": f"the ledger did not answer within {CONTROL_LEDGER_WAIT_S:g} s "
+                    "(locked or unavailable); the withdrawal is queued and will be done when it can"}
 
 
 def parse_listen(listen) -> tuple[str, int]:

@@ -8,6 +8,7 @@ and nothing else. Opening (:meth:`Vault.decrypt_to`) is for the CLI and runs in-
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -140,6 +141,31 @@ class Vault:
 
     def path_for(self, recording_id: str) -> Path:
         return self.store_dir / f"{check_recording_id(recording_id)}.age"
+
+    def verified_ciphertext(self, recording_id: str) -> tuple[int, str] | None:
+        """(size, sha256) of the stored ciphertext if it is there and whole, else None.
+
+        Whole: the seal writes ``.tmp``, fsyncs, then renames, so a file under the final
+        name was complete; this also checks it reads as age v1 (header with its MAC line,
+        then at least the payload nonce and one authenticated chunk).
+        """
+        path = self.path_for(recording_id)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+                end = head.find(b"\n--- ")
+                mac_end = head.find(b"\n", end + 1) if end >= 0 else -1
+                if not head.startswith(b"age-encryption.org/v1\n") or mac_end < 0:
+                    return None
+                if os.fstat(f.fileno()).st_size - (mac_end + 1) < 16 + 16:
+                    return None
+                f.seek(0)
+                digest = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                return f.tell(), digest.hexdigest()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
 
     def seal(self, plaintext: Path, recording_id: str) -> Sealed:
         """Encrypt the plaintext into the store and remove it; see :func:`seal_file`.

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fs_consent import audit, keys, ledger
 from fs_consent.cli import main
+from fs_consent.ledger_writer import LedgerWriter
 from fs_consent.server import ConsentServer
 
 from .e2e import Harness, make_config
@@ -341,7 +342,7 @@ def test_the_server_checkpoints_and_a_stopped_server_leaves_the_trail_signed(tmp
 
 
 def test_periodic_checkpoints_go_through_the_writer(trail):
-    writer = ledger.LedgerWriter()
+    writer = LedgerWriter()
     writer.start()
     checkpointer = audit.Checkpointer(writer, trail.keys_dir, every_entries=3, every_seconds=3600, poll=0.02)
     checkpointer.start()

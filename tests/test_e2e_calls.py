@@ -128,7 +128,7 @@ def test_withdraw_command_reaches_a_live_call(harness, tmp_path):
     with gevent.Timeout(10):
         while not harness.spool_files():
             gevent.sleep(0.02)
-    (live_uuid,) = harness.server.ctx.registry
+    (live_uuid,) = [session.facts.uuid for session in harness.server.ctx.registry.values()]
     cli = gevent.subprocess.run(
         [sys.executable, "-m", "fs_consent.cli", "--data-dir", str(harness.config.storage.data_dir),
          "withdraw", live_uuid], capture_output=True, text=True, timeout=20)

@@ -30,7 +30,8 @@ from .fixtures.schema1 import models as v1
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schema1"
 NEW_TABLES = {"subject_request", "restriction", "objection", "call_detail"}
-NEW_CALL_COLUMNS = ("personal_erased_at", "personal_erased_reason")
+NEW_CALL_COLUMNS = ("personal_erased_at", "personal_erased_reason", "instance")
+UPGRADES = [f"ledger: upgraded the database schema from version {v - 1} to {v}" for v in (2, 3)]
 
 
 @pytest.fixture(autouse=True)
@@ -153,8 +154,8 @@ def open_ledger(data_dir: Path, **kwargs) -> None:
 def test_a_schema_1_data_dir_upgrades_without_losing_a_row(data_dir):
     announced = []
     open_ledger(data_dir, announce=announced.append)
-    assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION == 2
-    assert announced == ["ledger: upgraded the database schema from version 1 to 2"]
+    assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION == 3
+    assert announced == UPGRADES
     ledger.close_database()
 
     before, after = fixture_tables(), file_tables(data_dir / "ledger.db")
@@ -163,25 +164,26 @@ def test_a_schema_1_data_dir_upgrades_without_losing_a_row(data_dir):
         assert now_columns[:len(columns)] == columns, table
         kept = [row[:len(columns)] for row in now_rows]
         if table == "meta":
-            assert dict(kept) == {**dict(rows), "schema_version": "2"}
+            assert dict(kept) == {**dict(rows), "schema_version": "3"}
         elif table == "audit_entry":
             assert kept[:len(rows)] == rows  # the trail goes on after its last schema 1 entry
-            assert [r[columns.index("action")] for r in kept[len(rows):]] == ["ledger.migrate"]
+            assert [r[columns.index("action")] for r in kept[len(rows):]] == ["ledger.migrate"] * 2
         else:
             assert kept == rows, table
     call_columns, calls = after["call"]
     assert call_columns[len(before["call"][0]):] == list(NEW_CALL_COLUMNS)
-    assert all(row[len(before["call"][0]):] == (None, None) for row in calls)
+    assert all(row[len(before["call"][0]):] == (None, None, None) for row in calls)
     assert set(after) - set(before) == NEW_TABLES
     assert all(after[t][1] == [] for t in NEW_TABLES)
 
 
 def test_the_upgrade_is_in_the_audit_trail_and_the_trail_still_verifies(data_dir):
     open_ledger(data_dir)
-    last = ledger.AuditEntry.select().order_by(ledger.AuditEntry.seq.desc()).get()
-    assert (last.action, last.object_type, last.object_id) == ("ledger.migrate", "schema", "2")
-    assert json.loads(last.detail) == {"from": 1, "to": 2}
-    assert last.prev_hash == fixture_tables()["audit_entry"][1][-1][-1]  # chained to schema 1's last entry
+    steps = list(ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate")
+                 .order_by(ledger.AuditEntry.seq))
+    assert [(e.object_type, e.object_id, json.loads(e.detail)) for e in steps] == [
+        ("schema", "2", {"from": 1, "to": 2}), ("schema", "3", {"from": 2, "to": 3})]
+    assert steps[0].prev_hash == fixture_tables()["audit_entry"][1][-1][-1]  # chained to schema 1's last entry
     ledger.close_database()
 
     verified = fs_consent(data_dir, "audit", "verify")
@@ -196,7 +198,7 @@ def test_the_upgrade_is_in_the_audit_trail_and_the_trail_still_verifies(data_dir
 def test_the_cli_upgrades_an_old_data_dir_and_says_so(data_dir):
     listed = fs_consent(data_dir, "calls", "list")
     assert listed.returncode == 0, listed.stderr
-    assert listed.stderr.strip() == "ledger: upgraded the database schema from version 1 to 2"
+    assert listed.stderr.strip().splitlines() == UPGRADES
     again = fs_consent(data_dir, "calls", "list")
     assert again.returncode == 0 and again.stderr == ""
 
@@ -255,7 +257,7 @@ def test_the_server_starts_on_an_upgraded_data_dir_and_takes_calls(data_dir):
         assert result.errors == []
         server.ctx.seals.join(timeout=20)
         server.ctx.writer.flush()
-        assert migrations.read_schema_version(ledger.database) == 2
+        assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION
         call = ledger.Call.get(ledger.Call.uuid == result.uuid)
         assert call.outcome == "granted" and call.personal_erased_at is None
         assert [r.state for r in call.recordings] == [ledger.SEALED]
@@ -270,15 +272,15 @@ def test_the_server_starts_on_an_upgraded_data_dir_and_takes_calls(data_dir):
 def test_a_ledger_newer_than_the_code_is_refused_and_left_byte_identical(data_dir):
     path = data_dir / "ledger.db"
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     db.commit()
     db.close()
     digest, files = sha256_file(path), sorted(p.name for p in data_dir.iterdir())
 
     with pytest.raises(migrations.SchemaTooNew) as refused:
         open_ledger(data_dir)
-    assert str(refused.value) == ("the ledger database has schema version 3, newer than this fs-consent "
-                                  "understands (schema version 2): upgrade fs-consent; the database was not changed")
+    assert str(refused.value) == ("the ledger database has schema version 4, newer than this fs-consent "
+                                  "understands (schema version 3): upgrade fs-consent; the database was not changed")
     listed = fs_consent(data_dir, "calls", "list")
     assert listed.returncode == 1
     assert listed.stderr == f"Error: {refused.value}\n"  # one line, no traceback
@@ -301,7 +303,7 @@ def test_a_failing_step_leaves_schema_1_with_nothing_half_done(data_dir, monkeyp
 
     monkeypatch.setitem(migrations.STEPS, 2, real_step)
     open_ledger(data_dir)  # the next start does it
-    assert migrations.read_schema_version(ledger.database) == 2
+    assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION
 
 
 def test_without_migrate_an_old_ledger_is_only_read(data_dir):
@@ -338,9 +340,9 @@ def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(data_dir):
     holder.close()
     outcomes = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err for _out, err in outcomes]
-    assert [out.strip() for out, _err in outcomes] == ["2"] * 4
-    open_ledger(data_dir)
-    assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == 1
+    assert [out.strip() for out, _err in outcomes] == [str(ledger.SCHEMA_VERSION)] * 4
+    open_ledger(data_dir)  # each step once
+    assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == 2
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -385,14 +387,14 @@ def test_a_schema_1_ledger_on_postgresql_upgrades_without_losing_a_row(tmp_path)
     try:
         rows = schema1_on_postgresql(old.url)
         ledger.open_database(old.url)
-        assert migrations.read_schema_version(ledger.database) == 2
+        assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION
         with ledger.database.obj.bind_ctx(v1.MODELS):
             for model in v1.MODELS:
                 now = list(model.select().order_by(*model._meta.get_primary_keys()).tuples())
                 if model is v1.Meta:
-                    assert dict(now) == {**dict(rows[model]), "schema_version": "2"}
+                    assert dict(now) == {**dict(rows[model]), "schema_version": "3"}
                 elif model is v1.AuditEntry:
-                    assert now[:-1] == rows[model] and now[-1][3] == "ledger.migrate"
+                    assert now[:-2] == rows[model] and [e[3] for e in now[-2:]] == ["ledger.migrate"] * 2
                 else:
                     assert now == rows[model], model
         assert ledger.Call.select().where(ledger.Call.personal_erased_at.is_null(False)
@@ -431,9 +433,9 @@ def test_processes_opening_an_old_ledger_on_postgresql_at_once_upgrade_it_once()
             holder.execute("SELECT pg_advisory_unlock(%s)", (migrations._PG_LOCK,))
             outcomes = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, [err for _out, err in outcomes]
-        assert [out.strip() for out, _err in outcomes] == ["2"] * 4
+        assert [out.strip() for out, _err in outcomes] == [str(ledger.SCHEMA_VERSION)] * 4
         ledger.open_database(target.url)
-        assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == 1
+        assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == 2
     finally:
         ledger.close_database()
         target.drop()

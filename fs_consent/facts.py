@@ -1,0 +1,229 @@
+"""The consent facts a call produces, as data, and how each is written to the ledger.
+
+A fact names the rows it touches by what identifies them: the call by its
+``instance`` (this connection on this server, ``Call.instance``), a recording by its
+id. Never by an autoincrement id carried over from an earlier write, so a write that
+failed and was retried, or one replayed from the journal after a crash, can only land
+on its own call.
+
+Every ``apply`` is idempotent (an insert that finds its row changes nothing; an
+update sets the same values again), which is what makes replaying the journal safe.
+Facts are plain JSON (``to_json`` / ``from_json``) so the journal can hold them.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+from . import holds, ledger
+from .ledger import Call, ConsentEvent, Recording
+
+
+def _at(value: dt.datetime | str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Fact:
+    kind: ClassVar[str]
+
+    def apply(self, vault) -> None:  # pragma: no cover - every fact defines it
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        fields = {}
+        for name, value in dataclasses.asdict(self).items():
+            if isinstance(value, dt.datetime):
+                value = value.isoformat()
+            elif isinstance(value, bytes):
+                value = base64.b64encode(value).decode()
+            fields[name] = value
+        return json.dumps({"kind": self.kind, **fields}, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class CallOpened(Fact):
+    kind: ClassVar[str] = "call.opened"
+    instance: str
+    uuid: str
+    started_at: dt.datetime
+    consent_mode: str
+    language: str
+    prompt_id: str
+    prompt_version: str
+    caller_hash: str | None
+    caller_sealed: bytes | None
+    recording_note: str | None
+
+    def apply(self, vault) -> None:
+        if Call.select().where(Call.instance == self.instance).exists():
+            return
+        Call.insert(uuid=self.uuid, instance=self.instance, started_at=_at(self.started_at),
+                    consent_mode=self.consent_mode, language=self.language, prompt_id=self.prompt_id,
+                    prompt_version=self.prompt_version, caller_hash=self.caller_hash,
+                    caller_sealed=self.caller_sealed, recording_note=self.recording_note).execute()
+
+
+@dataclass(frozen=True)
+class ConsentDecided(Fact):
+    """A decision (``kind`` decision) or a withdrawal (``kind`` withdrawal) during the call."""
+
+    kind: ClassVar[str] = "consent.decided"
+    instance: str
+    uuid: str
+    what: str  # decision | withdrawal
+    outcome: str
+    by: str
+    at: dt.datetime
+
+    def apply(self, vault) -> None:
+        at = _at(self.at)
+        call = Call.select(Call.id).where(Call.instance == self.instance).scalar()
+        if ConsentEvent.select().where((ConsentEvent.call == call) & (ConsentEvent.at == at)
+                                       & (ConsentEvent.kind == self.what)).exists():
+            return
+        changes = ({"withdrawn_by": self.by, "withdrawn_at": at} if self.what == "withdrawal"
+                   else {"decided_by": self.by, "decided_at": at})
+        Call.update(outcome=self.outcome, **changes).where(Call.id == call).execute()
+        ConsentEvent.insert(call=call, at=at, kind=self.what, outcome=self.outcome, by=self.by).execute()
+        ledger.append_audit("server", f"consent.{self.what}", "call", self.uuid, outcome=self.outcome, by=self.by)
+
+
+@dataclass(frozen=True)
+class RecordingStarted(Fact):
+    kind: ClassVar[str] = "recording.started"
+    instance: str
+    recording_id: str
+    at: dt.datetime
+
+    def apply(self, vault) -> None:
+        if Recording.select().where(Recording.id == self.recording_id).exists():
+            return
+        Recording.insert(id=self.recording_id, call=ledger.call_row(self.instance), state=ledger.RECORDING,
+                         started_at=_at(self.at)).execute()
+
+
+@dataclass(frozen=True)
+class CallEnded(Fact):
+    kind: ClassVar[str] = "call.ended"
+    instance: str
+    answered_at: dt.datetime | None
+    bridged_at: dt.datetime | None
+    ended_at: dt.datetime
+    duration_seconds: float | None
+    wait_seconds: float | None
+    hangup_cause: str | None
+
+    def apply(self, vault) -> None:
+        Call.update(answered_at=_at(self.answered_at), bridged_at=_at(self.bridged_at), ended_at=_at(self.ended_at),
+                    duration_seconds=self.duration_seconds, wait_seconds=self.wait_seconds,
+                    hangup_cause=self.hangup_cause).where(Call.instance == self.instance).execute()
+
+
+@dataclass(frozen=True)
+class CallFlagged(Fact):
+    kind: ClassVar[str] = "call.flagged"
+    instance: str
+    uuid: str
+    flag: str
+    by: str
+    at: dt.datetime
+
+    def apply(self, vault) -> None:
+        call = Call.select(Call.id).where(Call.instance == self.instance).scalar()
+        if ledger.CallFlag.select().where((ledger.CallFlag.call == call) & (ledger.CallFlag.kind == self.flag)
+                                          ).exists():
+            return
+        holds.flag_call(call, self.uuid, self.flag, by=self.by, at=_at(self.at))
+
+
+@dataclass(frozen=True)
+class RecordingDeleted(Fact):
+    """The files are gone already (the driver deletes them first); this is the ledger's part.
+
+    ``sealed``: the recording was sealed during the call and may be under a legal hold
+    (the agent's flag): then the ciphertext is kept and the refusal is audited instead.
+    """
+
+    kind: ClassVar[str] = "recording.deleted"
+    recording_id: str
+    reason: str
+    at: dt.datetime
+    sealed: bool = False
+
+    def apply(self, vault) -> None:
+        if self.sealed:
+            if holds.is_held(self.recording_id):
+                ledger.append_audit("server", "recording.delete.refused", "recording", self.recording_id,
+                                    reason=self.reason, holds=[h.id for h in holds.holds_on([self.recording_id])])
+                return
+            vault.delete(self.recording_id)
+        changed = Recording.update(state=ledger.DELETED, state_reason=self.reason, deleted_at=_at(self.at)).where(
+            (Recording.id == self.recording_id) & (Recording.state != ledger.DELETED)).execute()
+        if changed:
+            ledger.append_audit("server", "recording.delete", "recording", self.recording_id, reason=self.reason)
+
+
+@dataclass(frozen=True)
+class RecordingDiscarded(Fact):
+    kind: ClassVar[str] = "recording.discarded"
+    recording_id: str
+
+    def apply(self, vault) -> None:
+        Recording.update(state=ledger.DISCARDED, state_reason="no-audio").where(
+            (Recording.id == self.recording_id) & (Recording.state == ledger.RECORDING)).execute()
+
+
+@dataclass(frozen=True)
+class RecordingSealed(Fact):
+    kind: ClassVar[str] = "recording.sealed"
+    recording_id: str
+    size: int
+    sha256: str
+    at: dt.datetime
+
+    def apply(self, vault) -> None:
+        changed = Recording.update(state=ledger.SEALED, sealed_at=_at(self.at), size=self.size, sha256=self.sha256,
+                                   ).where((Recording.id == self.recording_id)
+                                           & (Recording.state == ledger.RECORDING)).execute()
+        if not changed:
+            rec = Recording.get_or_none(Recording.id == self.recording_id)
+            if rec is None or rec.state == ledger.DELETED:  # withdrawn while it was being sealed
+                vault.delete(self.recording_id)
+            return
+        ledger.append_audit("server", "recording.seal", "recording", self.recording_id, size=self.size,
+                            sha256=self.sha256)
+        holds.hold_flagged(self.recording_id)  # the agent flagged aggression during the call
+
+
+@dataclass(frozen=True)
+class RecordingNotSealed(Fact):
+    """Sealing failed for good (the plaintext is gone) or is waiting (``failed``: kept for recovery)."""
+
+    kind: ClassVar[str] = "recording.not-sealed"
+    recording_id: str
+    state: str
+    reason: str
+
+    def apply(self, vault) -> None:
+        Recording.update(state=self.state, state_reason=self.reason).where(
+            (Recording.id == self.recording_id) & (Recording.state == ledger.RECORDING)).execute()
+
+
+KINDS: dict[str, type[Fact]] = {cls.kind: cls for cls in (
+    CallOpened, ConsentDecided, RecordingStarted, CallEnded, CallFlagged, RecordingDeleted, RecordingDiscarded,
+    RecordingSealed, RecordingNotSealed)}
+
+
+def from_json(text: str) -> Fact:
+    data = json.loads(text)
+    cls = KINDS[data.pop("kind")]
+    for field in dataclasses.fields(cls):
+        if "bytes" in str(field.type) and isinstance(data.get(field.name), str):
+            data[field.name] = base64.b64decode(data[field.name])
+    return cls(**data)

@@ -1,0 +1,375 @@
+"""The server's ledger writes and call-path reads, off the gevent hub, and the journal
+that makes a call's consent facts survive the process being killed.
+
+SQLite's busy wait and a slow disk block the thread that calls them. Here that is a
+native thread of its own (``gevent.threadpool``), which owns its connection; the hub,
+which plays every caller's prompt, only waits cooperatively for the result.
+
+Writes run in order, in short batched transactions. A batch the database cannot take
+(locked, full, unreachable: peewee's ``OperationalError`` and ``InterfaceError``) is
+retried, whole and in order, with backoff until it lands; nothing is dropped. While
+that lasts, or while the queue is longer than its bound, :attr:`LedgerWriter.healthy`
+is False and the server records no new call (fail closed for the recording, open for
+the call). A write that fails by itself (a bug, a constraint) is retried alone once,
+then logged as lost with the error: never silently.
+
+Consent facts (``facts.Fact``) are also appended to a journal file in the data dir the
+moment they are submitted, before the driver acts on them (a plain ``write``: it
+survives the process being killed; ``fsync`` follows in the database thread before the
+batch holding them commits). The ledger's ``meta`` row ``journal_applied_seq`` says how
+far the journal is in the ledger, in the same transaction; at start-up
+:func:`replay_journal` writes whatever a crash left between the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Callable
+
+import gevent
+import gevent.event
+import gevent.queue
+from gevent.threadpool import ThreadPool
+from peewee import InterfaceError, OperationalError
+
+from . import ledger
+from .facts import Fact, from_json
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = (OperationalError, InterfaceError)
+BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class LedgerUnavailable(Exception):
+    """A call-path read did not answer within its bound (the ledger is locked or down)."""
+
+
+JOURNAL_FILE = "ledger.journal"
+APPLIED_KEY = "journal_applied_seq"  # the meta row: the last journal seq that is in the ledger
+JOURNAL_RESET_BYTES = 1 << 20  # emptied once everything in it has landed and it grew past this
+
+
+class Journal:
+    """Append-only lines ``<seq> <fact json>``, 0600; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
+        if mode & 0o077:
+            os.close(self._fd)
+            raise PermissionError(f"{path} is readable by others (mode {mode:04o}); it must be 0600")
+        self.failing: OSError | None = None
+
+    def append(self, seq: int, fact: Fact) -> bool:
+        """Write one line; False (and nothing half-written left behind) when the disk refuses."""
+        line = f"{seq} {fact.to_json()}\n".encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            if os.write(self._fd, line) != len(line):
+                raise OSError(28, "short write")
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError:
+                pass
+            if self.failing is None:
+                log.error("ledger journal %s cannot be written (%s): consent facts wait in memory; new calls go "
+                          "on unrecorded", self.path, exc.strerror or exc)
+            self.failing = exc
+            return False
+        if self.failing is not None:
+            log.warning("ledger journal %s can be written again", self.path)
+            self.failing = None
+        return True
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def reset(self) -> None:
+        os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    @staticmethod
+    def read(path: Path) -> list[tuple[int, Fact]]:
+        if not path.exists():
+            return []
+        entries = []
+        for number, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), start=1):
+            seq, _, text = line.partition(" ")
+            try:
+                entries.append((int(seq), from_json(text)))
+            except (ValueError, KeyError, TypeError):
+                log.error("ledger journal %s line %d is damaged and skipped", path, number)
+        return entries
+
+
+def applied_seq() -> int:
+    row = ledger.Meta.get_or_none(ledger.Meta.key == APPLIED_KEY)
+    return int(row.value) if row else 0
+
+
+def _set_applied_seq(seq: int) -> None:
+    if not ledger.Meta.update(value=str(seq)).where(ledger.Meta.key == APPLIED_KEY).execute():
+        ledger.Meta.insert(key=APPLIED_KEY, value=str(seq)).execute()
+
+
+def replay_journal(path: Path, vault) -> tuple[int, int]:
+    """At start-up, before anything else writes: land what a crash left in the journal.
+
+    Returns (facts written, the highest seq seen), and empties the journal.
+    """
+    entries = Journal.read(path)
+    done = applied_seq()
+    pending = [(seq, fact) for seq, fact in entries if seq > done]
+    top = max([done] + [seq for seq, _ in entries])
+    for seq, fact in pending:
+        try:
+            with ledger.database.atomic():
+                fact.apply(vault)
+                _set_applied_seq(seq)
+        except Exception as exc:  # noqa: BLE001 - said, and the rest still lands
+            log.error("ledger journal: fact %d (%s) could not be written: %s: %s", seq, fact.kind,
+                      type(exc).__name__, _first_line(exc))
+    if pending:
+        log.warning("ledger journal: %d consent facts a crash left unwritten are now in the ledger", len(pending))
+    if path.exists():
+        os.truncate(path, 0)
+    return len(pending), top
+
+
+class LedgerWriter:
+    """Serialises the server's writes into one database thread; see the module docstring."""
+
+    def __init__(self, journal: Path | None = None, vault=None, *, max_batch: int = 50,
+                 high_water: int = 20000, first_seq: int = 1) -> None:
+        self._journal = Journal(journal) if journal is not None else None
+        self._vault = vault
+        self._seq = first_seq - 1
+        self._applied = first_seq - 1
+        self._queue: gevent.queue.Queue = gevent.queue.Queue()
+        self._max_batch = max_batch
+        self._high_water = high_water  # queued writes past which new calls are not recorded
+        self._pool: ThreadPool | None = None
+        self._reader: ThreadPool | None = None
+        self._greenlet = None
+        self._failing_since: float | None = None
+        self._last_error = ""
+        self.lost = 0  # writes that failed alone after a retry (each logged)
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._pool = ThreadPool(1)
+        self._reader = ThreadPool(1)
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        if self._greenlet is None:
+            return
+        self.flush(timeout)
+        self._greenlet.kill()
+        self._greenlet = None
+        for pool in (self._pool, self._reader):
+            pool.apply(ledger.close_database)  # each thread's own connection
+            pool.kill()
+        if self._journal is not None:
+            if self._applied == self._seq:
+                self._journal.reset()  # everything landed: a clean stop leaves nothing to replay
+            self._journal.close()
+
+    # --- the call path ------------------------------------------------------------
+
+    def submit(self, write: Callable[[], object]) -> None:
+        """Queue a write; it runs soon, in order, in a transaction with its neighbours.
+
+        It runs in the database thread: it may touch the database and files, never a
+        gevent object (use :meth:`call` to hand a result back to a greenlet).
+        """
+        self._queue.put(write)
+
+    def record(self, fact: Fact) -> None:
+        """Submit a consent fact: journaled now (it survives a kill), written in order."""
+        self._seq += 1
+        if self._journal is not None:
+            self._journal.append(self._seq, fact)
+        self._queue.put(_FactWrite(self._seq, fact, self._vault))
+
+    def call(self, write: Callable[[], object], timeout: float | None = 10.0):
+        """Queue a write in order with the others and wait for what it returns (or raises)."""
+        pending = _Pending(write)
+        self._queue.put(pending)
+        try:
+            return pending.result.get(timeout=timeout)
+        except gevent.Timeout:
+            raise LedgerUnavailable(f"the ledger did not answer within {timeout:g} s") from None
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until everything submitted so far is written; False if that took longer."""
+        try:
+            self.call(_nothing, timeout)
+            return True
+        except LedgerUnavailable:
+            return False
+
+    @property
+    def healthy(self) -> bool:
+        """Whether a new call's consent facts can be expected to be kept and to land soon."""
+        journal_ok = self._journal is None or self._journal.failing is None
+        return journal_ok and self._failing_since is None and self._queue.qsize() < self._high_water
+
+    @property
+    def unhealthy_reason(self) -> str:
+        if self._journal is not None and self._journal.failing is not None:
+            return f"journal cannot be written ({self._journal.failing.strerror or self._journal.failing})"
+        if self._failing_since is not None:
+            return f"ledger cannot take writes ({self._last_error})"
+        return f"ledger backlog over {self._high_water} writes"
+
+    def read(self, query: Callable[[], object], timeout: float):
+        """Run a read the call path needs now, off the hub; LedgerUnavailable past ``timeout``."""
+        try:
+            return self._reader.spawn(query).get(timeout=timeout)
+        except gevent.Timeout:
+            raise LedgerUnavailable(f"no answer within {timeout:g} s") from None
+
+    # --- the database thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._land(batch)
+
+    def _land(self, batch: list) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._pool.apply(_write_batch, (batch, self._journal))
+            except UNAVAILABLE as exc:
+                self._failing(exc)
+                gevent.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                attempt += 1
+                continue
+            except Exception:  # noqa: BLE001 - one write is at fault: find it, land the rest
+                for write in batch:
+                    self._land_alone(write)
+            self._recovered(len(batch))
+            for item in batch:
+                if isinstance(item, _Pending):
+                    item.deliver()
+                elif isinstance(item, _FactWrite):
+                    self._applied = max(self._applied, item.seq)
+            self._maybe_reset_journal()
+            return
+
+    def _maybe_reset_journal(self) -> None:
+        """Runs on the hub, where every append happens: nothing can slip in between."""
+        if (self._journal is not None and self._applied == self._seq and self._queue.empty()
+                and self._journal.size() > JOURNAL_RESET_BYTES):
+            self._journal.reset()
+
+    def _land_alone(self, write: Callable[[], object]) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._pool.apply(_write_batch, ([write], self._journal))
+                return
+            except UNAVAILABLE as exc:
+                self._failing(exc)
+                gevent.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - it failed with its neighbours and alone: report it
+                self.lost += 1
+                log.error("ledger write lost: %s failed: %s: %s", _name(write), type(exc).__name__,
+                          _first_line(exc))
+                return
+
+    def _failing(self, exc: Exception) -> None:
+        self._last_error = f"{type(exc).__name__}: {_first_line(exc)}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("ledger cannot take writes (%s): they wait and are retried; new calls go on "
+                      "unrecorded until it can", self._last_error)
+
+    def _recovered(self, written: int) -> None:
+        if self._failing_since is not None:
+            waited = time.monotonic() - self._failing_since
+            self._failing_since = None
+            log.warning("ledger takes writes again after %.1f s; %d queued writes landed first", waited, written)
+
+
+class _Pending:
+    """A queued write whose outcome a greenlet waits for (set on the hub, never in the thread)."""
+
+    def __init__(self, write: Callable[[], object]) -> None:
+        self.write = write
+        self.value = None
+        self.error: BaseException | None = None
+        self.result = gevent.event.AsyncResult()
+
+    def __call__(self) -> None:
+        try:
+            self.value, self.error = self.write(), None
+        except UNAVAILABLE:
+            raise  # the batch is retried
+        except Exception as exc:  # noqa: BLE001 - the waiting greenlet gets it
+            self.error = exc
+
+    def deliver(self) -> None:
+        if self.error is not None:
+            self.result.set_exception(self.error)
+        else:
+            self.result.set(self.value)
+
+
+def _nothing() -> None:
+    return None
+
+
+class _FactWrite:
+    def __init__(self, seq: int, fact: Fact, vault) -> None:
+        self.seq, self.fact, self.vault = seq, fact, vault
+
+    def __call__(self) -> None:
+        self.fact.apply(self.vault)
+
+    def describe(self) -> str:
+        return f"fact {self.seq} ({self.fact.kind})"
+
+
+def _write_batch(batch: list, journal: Journal | None) -> None:
+    facts = [item.seq for item in batch if isinstance(item, _FactWrite)]
+    if facts and journal is not None:
+        try:
+            journal.sync()  # against power loss; a killed process keeps what was written anyway
+        except OSError:
+            pass  # the facts are in memory and about to be in the ledger
+    with ledger.database.atomic():
+        for write in batch:
+            write()
+        if facts:
+            _set_applied_seq(max(facts))
+
+
+def _name(write) -> str:
+    if isinstance(write, _FactWrite):
+        return write.describe()
+    write = getattr(write, "write", write)
+    return getattr(write, "__qualname__", type(write).__name__)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else ""
