@@ -571,11 +571,17 @@ def _show_secret(value: str | None) -> str:
 _PROMPT_FIELDS = ("file", "id", "version")
 
 
+#: The version of the consent texts in freeswitch/prompts/*.txt, stored with every decision:
+#: raise it whenever those texts change (tests/test_prompts.py holds it to the texts).
+#: 2026-11-01: the first texts (~30 s); 2026-12-01: the short texts (at most 12 s).
+PROMPT_VERSION = "2026-12-01"
+
+
 def _prompt(lang: str) -> dict[str, _Key]:
     return {
         "file": _Key(_prompt_file, f"{SOUNDS_DIR}/consent-{lang}.wav"),
         "id": _Key(_label, f"consent-{lang}"),
-        "version": _Key(_label, "2026-11-01"),
+        "version": _Key(_label, PROMPT_VERSION),
     }
 
 

@@ -64,7 +64,7 @@ def test_defaults_without_any_file(tmp_path, env):
     assert consent.prompts["nl"] == {
         "file": "/usr/share/freeswitch/sounds/fs-consent/consent-nl.wav",
         "id": "consent-nl",
-        "version": "2026-11-01",
+        "version": "2026-12-01",
     }
     assert consent.prompts["en"]["id"] == "consent-en"
     assert (consent.withdraw_sequence, consent.agent_withdraw_key) == ("*1", "2")
@@ -303,7 +303,7 @@ def test_describe_lists_every_key(env):
     assert shown["server.allowed_peers"] == "127.0.0.1, ::1"
     assert shown["consent.timeout"] == "5s"
     assert shown["consent.callback_window"] == "1d"
-    assert shown["consent.prompts.en.version"] == "2026-11-01"
+    assert shown["consent.prompts.en.version"] == "2026-12-01"
     assert shown["recording.stereo"] == "true"
     assert shown["storage.database"].startswith("sqlite:////")
     assert all(isinstance(value, str) for _, value in rows)

@@ -84,6 +84,20 @@ def test_silence_is_consent_and_the_recording_is_sealed_for_age(harness):
     assert sha256(age_decrypt(harness.identity, ciphertext)) == info.sha256  # the WAV the switch wrote
 
 
+def test_pressing_1_during_the_prompt_ends_it_at_once(harness):
+    # a prompt as long as a consent question may be (12 s); the caller presses 1 after 0.2 s.
+    # FreeSWITCH stops the prompt at the key (capture s1), and fs-consent waits for nothing more
+    result = harness.call(digits=["1"], prompt_seconds=12.0, digit_after=0.2)
+    assert result.channel_vars["fs_consent"] == "refused"
+    assert apps(result).count("play_and_get_digits") == 1 and "playback" not in apps(result)
+    assert apps(result)[-1] == "execute_extension"  # straight into the menu
+    assert result.duration < 3  # answer, 0.2 s of prompt, menu and agent: not the 12 s prompt
+    call = harness.call_row(result.uuid)
+    assert (call.outcome, call.decided_by) == ("refused", "key")
+    assert (call.decided_at - call.answered_at).total_seconds() < 1
+    assert_no_trace(harness, result.uuid)
+
+
 def test_another_digit_replays_the_prompt_then_silence_counts(harness):
     result = harness.call(digits=["5", None])
     assert apps(result).count("play_and_get_digits") == 2

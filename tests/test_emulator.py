@@ -591,6 +591,22 @@ def test_decision_latency_and_digits(dial, tmp_path):
     assert app.event("CHANNEL_HANGUP_COMPLETE").get("variable_digits_dialed") == "1"
 
 
+def test_a_key_during_the_prompt_stops_it_there(dial):
+    # capture s1: the key 0.52 s into a 1.5 s prompt; play_and_get_digits completes at once
+    # with playback_last_offset_pos 4160 (samples played) and playback_ms the whole file
+    app = dial(CallerScript(digits=["1"], prompt_seconds=5.0, digit_after=0.1))
+    app.handshake()
+    started = gevent.get_hub().loop.now()
+    complete = app.execute("play_and_get_digits", PAGD)
+    took = gevent.get_hub().loop.now() - started
+    assert (complete.get("variable_consent_digit"), complete.get("variable_read_result")) == ("1", "success")
+    assert complete.get("variable_playback_last_offset_pos") == "800"
+    assert complete.get("variable_playback_ms") == "5000"
+    assert 0.05 < took < 1.0
+    app.execute("hangup")
+    app.finish()
+
+
 def test_a_call_that_never_ends_is_cut_off(tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

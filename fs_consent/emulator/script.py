@@ -20,6 +20,11 @@ class CallerScript:
     #: Per play_and_get_digits run: the key pressed (a DTMF event just before the
     #: completion) or None (the run times out after the command's timeout).
     digits: list[str | None] = field(default_factory=lambda: [None])
+    #: Seconds into a play_and_get_digits prompt at which its key (``digits``) is pressed:
+    #: the prompt stops there, as FreeSWITCH's does (capture s1: the key 0.52 s into a
+    #: 1.5 s prompt completes the app at once, playback_last_offset_pos 4160). None: the
+    #: key comes just after the prompt has played to its end.
+    digit_after: float | None = None
     #: The caller hangs up halfway through the first play_and_get_digits prompt.
     hangup_in_prompt: bool = False
     #: After execute_extension starts: time in the menu before the agent answers.

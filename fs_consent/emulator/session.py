@@ -661,12 +661,16 @@ class CallSession:
         channel.call_state = "ACTIVE"
         channel.vars.set("endpoint_disposition", "ANSWER")
 
-    def _play(self) -> bool:
-        """Play one file for the script's prompt time; False if the call hung up."""
+    def _play(self, stop_after: float | None = None) -> bool:
+        """Play one file for the script's prompt time, or until a key at ``stop_after``
+        seconds; False if the call hung up."""
         started = time.monotonic()
         length_ms = round(self._script.prompt_seconds * 1000)
-        played = self._sleep(self._script.prompt_seconds)
-        elapsed_ms = length_ms if played else round((time.monotonic() - started) * 1000)
+        until = self._script.prompt_seconds
+        if stop_after is not None:
+            until = min(until, max(0.0, stop_after))
+        played = self._sleep(until)
+        elapsed_ms = round(until * 1000) if played else round((time.monotonic() - started) * 1000)
         for name, value in [
             ("playback_last_offset_pos", str(min(elapsed_ms, length_ms) * 8)),
             ("playback_seconds", str(length_ms // 1000)),
@@ -701,7 +705,7 @@ class CallSession:
             self._spawn_after(script.prompt_seconds / 2, self._hangup, "NORMAL_CLEARING")
         variables = self.channel.vars
         for _ in range(max(1, int(tries) if tries.isdigit() else 1)):
-            if not self._play():
+            if not self._play(script.digit_after if digit is not None else None):
                 return
             if digit is not None:
                 self._dtmf(digit, script.digit_source or script.dtmf_source)
