@@ -14,6 +14,7 @@ run without doing its job).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -27,12 +28,14 @@ from urllib.parse import urlsplit
 
 from . import esl, keys, ledger, spool
 from .config import ConfigError, load_config
+from .vault import probe_writable
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 ESL_TIMEOUT = 5.0  # seconds for the whole inbound event socket exchange
 CONFIG_MODE_WITH_SECRET = 0o640  # root:fs-consent 0640 (docs/OPERATIONS.md)
 MIN_FREE = {"store": 1 << 30, "spool": 256 << 20}  # bytes: 256 MiB is ~2 h of 8 kHz stereo
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+STORE_PROBE_BYTES = 1 << 20  # the store must take this much (about 30 s of a stereo recording)
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -221,6 +224,10 @@ def check_store(config) -> Check:
         return Check("store", FAIL, f"{path} is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         return Check("store", FAIL, f"{path} is not writable by this user: recordings could not be sealed")
+    failed = probe_writable(path, STORE_PROBE_BYTES)
+    if failed is not None:
+        return Check("store", FAIL, f"{path} cannot take a recording ({errno.errorcode.get(failed.errno, 'error')}: "
+                                    f"{failed.strerror}): recordings wait in the spool until it can")
     return Check("store", OK, f"{path} {_mode(path.stat())}, writable")
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 UNAVAILABLE = (OperationalError, InterfaceError)
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+STALL_S = 1.0  # a batch in the database thread longer than this: the ledger counts as unavailable
 
 
 class LedgerUnavailable(Exception):
@@ -164,6 +165,7 @@ class LedgerWriter:
         self._reader: ThreadPool | None = None
         self._greenlet = None
         self._failing_since: float | None = None
+        self._batch_since: float | None = None  # when the batch now in the database thread started
         self._last_error = ""
         self.lost = 0  # writes that failed alone after a retry (each logged)
 
@@ -226,7 +228,8 @@ class LedgerWriter:
     def healthy(self) -> bool:
         """Whether a new call's consent facts can be expected to be kept and to land soon."""
         journal_ok = self._journal is None or self._journal.failing is None
-        return journal_ok and self._failing_since is None and self._queue.qsize() < self._high_water
+        stalled = self._batch_since is not None and time.monotonic() - self._batch_since > STALL_S
+        return journal_ok and not stalled and self._failing_since is None and self._queue.qsize() < self._high_water
 
     @property
     def unhealthy_reason(self) -> str:
@@ -234,6 +237,8 @@ class LedgerWriter:
             return f"journal cannot be written ({self._journal.failing.strerror or self._journal.failing})"
         if self._failing_since is not None:
             return f"ledger cannot take writes ({self._last_error})"
+        if self._batch_since is not None and time.monotonic() - self._batch_since > STALL_S:
+            return f"a ledger write has waited over {STALL_S:g} s (locked or slow)"
         return f"ledger backlog over {self._high_water} writes"
 
     def read(self, query: Callable[[], object], timeout: float):
@@ -253,10 +258,17 @@ class LedgerWriter:
             self._land(batch)
 
     def _land(self, batch: list) -> None:
+        self._batch_since = time.monotonic()
+        try:
+            self._land_batch(batch)
+        finally:
+            self._batch_since = None
+
+    def _land_batch(self, batch: list) -> None:
         attempt = 0
         while True:
             try:
-                self._pool.apply(_write_batch, (batch, self._journal))
+                _raise(self._pool.apply(_write_batch, (batch, self._journal)))
             except UNAVAILABLE as exc:
                 self._failing(exc)
                 gevent.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
@@ -284,7 +296,7 @@ class LedgerWriter:
         attempt = 0
         while True:
             try:
-                self._pool.apply(_write_batch, ([write], self._journal))
+                _raise(self._pool.apply(_write_batch, ([write], self._journal)))
                 return
             except UNAVAILABLE as exc:
                 self._failing(exc)
@@ -349,7 +361,22 @@ class _FactWrite:
         return f"fact {self.seq} ({self.fact.kind})"
 
 
-def _write_batch(batch: list, journal: Journal | None) -> None:
+def _raise(error: Exception | None) -> None:
+    if error is not None:
+        raise error
+
+
+def _write_batch(batch: list, journal: Journal | None) -> Exception | None:
+    """Runs in the database thread; returns its error (an exception raised in a gevent
+    pool thread would also be printed to stderr as if it were unexpected)."""
+    try:
+        _write_all(batch, journal)
+    except Exception as exc:  # noqa: BLE001 - handed to the writer greenlet
+        return exc
+    return None
+
+
+def _write_all(batch: list, journal: Journal | None) -> None:
     facts = [item.seq for item in batch if isinstance(item, _FactWrite)]
     if facts and journal is not None:
         try:

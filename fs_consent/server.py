@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import itertools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -30,12 +31,13 @@ from .driver import CallSession
 from .ledger import Call, ConsentEvent, Recording
 from .ledger_writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
 from .protect import FieldProtector
-from .vault import Vault, VaultError
+from .vault import Vault, VaultError, why
 from .withdrawal import recent_recorded_calls, withdraw_ended_call
 
 log = logging.getLogger(__name__)
 
 RESTART_HANGUP_CAUSE = "UNKNOWN_FS_CONSENT_RESTART"  # the call was open when fs-consent stopped
+SEAL_RETRY_FIRST_S, SEAL_RETRY_MAX_S = 0.5, 30.0  # a store that cannot take a seal: backoff
 CONTROL_LEDGER_WAIT_S = 1.0  # a control request answers by then, whatever the ledger is doing
 
 
@@ -105,17 +107,27 @@ class ServerContext:
         self.seals.spawn(self._seal, recording_id, withdrawn, delay)
 
     def _seal(self, recording_id: str, withdrawn: set, delay: float = 0.0) -> None:
+        """Seal; while the store cannot take it (full, read-only), retry with backoff, the
+        plaintext waiting in the spool. A server stopped meanwhile leaves it to recovery."""
         gevent.sleep(delay)
-        if recording_id in withdrawn:
-            return
         path = spool.recording_path(self.spool_dir, recording_id)
-        try:
-            sealed = self.vault.seal(path, recording_id)
-        except VaultError as exc:
-            state, reason = (ledger.FAILED, "seal-failed") if path.exists() else (ledger.DISCARDED, "no-file")
-            log.error("recording %s not sealed: %s", recording_id, type(exc).__name__)
-            self.writer.record(facts.RecordingNotSealed(recording_id, state, reason))
-            return
+        for attempt in itertools.count():
+            if recording_id in withdrawn:
+                return
+            try:
+                sealed = self.vault.seal(path, recording_id)
+                break
+            except VaultError as exc:
+                if not path.exists():
+                    log.error("recording %s not sealed: its plaintext is gone (%s)", recording_id, why(exc))
+                    self.writer.record(facts.RecordingNotSealed(recording_id, ledger.DISCARDED, "no-file"))
+                    return
+                if attempt == 0:
+                    log.error("recording %s not sealed: %s; retrying while its plaintext waits in the spool",
+                              recording_id, why(exc))
+                gevent.sleep(min(SEAL_RETRY_MAX_S, SEAL_RETRY_FIRST_S * 2 ** attempt))
+        if attempt:
+            log.warning("recording %s sealed after %d retries", recording_id, attempt)
         if recording_id in withdrawn:
             self.vault.delete(recording_id)
             return

@@ -32,7 +32,34 @@ from .seal_worker import (
 )
 from .spool import check_recording_id, is_recording_id
 
-__all__ = ["DecryptError", "Sealed", "Vault", "VaultError", "seal_file"]
+__all__ = ["DecryptError", "Sealed", "Vault", "VaultError", "probe_writable", "seal_file", "why"]
+
+
+def why(error: BaseException | str) -> str:
+    """A failure as the log and ``check`` name it: ``ENOSPC on store`` and the like."""
+    text = str(error)
+    for code, marker in (("ENOSPC", "No space left"), ("EDQUOT", "Disk quota"), ("EROFS", "Read-only file system"),
+                         ("EACCES", "Permission denied"), ("EIO", "Input/output error")):
+        if marker in text:
+            return f"{code} on store"
+    return type(error).__name__ if isinstance(error, BaseException) else "seal failed"
+
+
+def probe_writable(directory: Path, size: int = 4096) -> OSError | None:
+    """Write, fsync and remove a small file in ``directory``; the error if that fails."""
+    probe = directory / f".probe-{secrets.token_hex(8)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
 
 _BUFFER = 1 << 20
 

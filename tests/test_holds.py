@@ -193,7 +193,7 @@ def test_a_live_withdrawal_after_the_seal_leaves_a_held_recording(data):
     call, rec = data.add_call(age=0 * DAY, as_of=ledger.utcnow())
     _, free = data.add_call(age=0 * DAY, as_of=ledger.utcnow())
     holds.flag_call(call.id, call.uuid, "aggression", by="agent_key", at=ledger.utcnow())
-    writer = SimpleNamespace(submit=lambda write: write())
+    writer = SimpleNamespace(record=lambda fact: fact.apply(data.vault))
     ctx = SimpleNamespace(writer=writer, vault=data.vault, spool_dir=data.spool)
     session = CallSession(sock=None, ctx=ctx)
     session._sealed.update({rec.id, free.id})

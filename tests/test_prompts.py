@@ -14,10 +14,10 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import re
-import tomllib
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
