@@ -67,6 +67,8 @@ SCRIPTS = {
     "s7_park_caller_no_digit.outbound": CallerScript(digits=[None]),
     "s8_caller_hangup_during_pagd.outbound": CallerScript(hangup_in_prompt=True),
     "s9_digit_pressed_event_uuid.outbound": CallerScript(digits=["1"]),
+    "s10_event_between_command_and_reply.outbound": CallerScript(digits=[None], caller_name="Test00039"),
+    "s11_event_with_previous_reply.outbound": CallerScript(digits=[None], caller_name="Test00023"),
     "dtmf_probe/probe_recv_a.outbound": CallerScript(digits=[None]),
     "dtmf_probe/probe_recv_b.outbound": CallerScript(
         digits=["1"], dtmf_source="APP", record_keys=[(0.05, "5")]
