@@ -80,6 +80,12 @@ SCRIPTS = {
 
 #: Captures no caller can produce, so no replay.
 NOT_REPLAYED = {
+    "s13_pagd_complete_before_hangup.outbound": "a hang-up during the collection timeout that FreeSWITCH "
+    "reports as a completion first (the race of pagd_hangup_race.txt); the emulator has no such caller yet",
+    "s14_pagd_hangup_during_collection.outbound": "a hang-up after the prompt audio, during the collection "
+    "timeout (read_result failure); CallerScript.hangup_in_prompt hangs up during the audio",
+    "s15_pagd_timeout_then_hangup.outbound": "after the timeout the app waits and the caller hangs up; "
+    "CallerScript has no caller who hangs up after the prompt outside a bridge",
     "dtmf_probe/probe_send_b.outbound": "uuid_send_dtmf on the socket leg itself sends DTMF "
     "towards the caller (last_dtmf_duration); a caller never does that",
 }
