@@ -358,18 +358,37 @@ def withdraw_offline(ctx: Context, call_uuid: str) -> dict:
 @click.option("--server", "server_addr", metavar="HOST:PORT", help="The running server (default: the config's listen).")
 @click.option("--time-scale", type=click.FloatRange(0.01), default=1.0, show_default=True,
               help="Multiply every caller delay (talk time, key presses) by this.")
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help="Seed of the emulator's wire disorder (default: random, printed; "
+                   "the same seed replays the same decisions).")
+@click.option("--polite", is_flag=True,
+              help="No wire disorder: one frame per write, the usual orders.")
 @format_option
 @pass_ctx
-def simulate(ctx: Context, n_calls, concurrency, scenario, server_addr, time_scale, fmt):
-    """Drive a running server with emulated FreeSWITCH calls and summarise what happened."""
+def simulate(ctx: Context, n_calls, concurrency, scenario, server_addr, time_scale, seed, polite, fmt):
+    """Drive a running server with emulated FreeSWITCH calls and summarise what happened.
+
+    The emulated FreeSWITCH is as unruly on the wire as a real one: CHANNEL_PARK
+    between handshake replies, frames cut anywhere or run together, a caller's
+    hang-up that completes the prompt like a timeout before CHANNEL_HANGUP.  Its
+    decisions come from --seed (printed when random); --polite turns it off.
+    FS_CONSENT_EMULATOR_SEED / FS_CONSENT_EMULATOR_CHAOS=0 do the same when no option is given.
+    """
+    from .emulator import WireChaos
     from .scenarios import run_simulation
     from .server import parse_listen
 
+    if polite and seed is not None:
+        raise click.UsageError("--seed and --polite exclude each other")
+    chaos = WireChaos.off() if polite else WireChaos(seed=seed) if seed is not None else WireChaos.from_env()
+    if chaos.enabled:
+        click.echo(f"emulator {chaos.describe()} (--seed {chaos.seed} replays it, --polite turns it off)",
+                   err=True)
     config = ctx.config()
     host, port = parse_listen(server_addr or config.server.listen)
     summary = run_simulation(host, port, spool_dir=Path(config.storage.spool_dir), calls=n_calls,
                              concurrency=concurrency, scenario=scenario, time_scale=time_scale,
-                             opt_in=config.consent.mode == "opt-in")
+                             opt_in=config.consent.mode == "opt-in", chaos=chaos)
     click.echo(render(summary.rows(), fmt))
     click.echo(summary.footer(), err=fmt != "table")
     for error in summary.errors[:20]:

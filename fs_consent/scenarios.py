@@ -60,6 +60,7 @@ class Summary:
     latencies: list = field(default_factory=list)
     calls: int = 0
     wall: float = 0.0
+    chaos: str = "wire chaos off"  # the emulator's WireChaos.describe()
 
     def rows(self) -> list[dict]:
         rows = []
@@ -80,17 +81,19 @@ class Summary:
         return (f"{self.calls} calls in {self.wall:.2f} s ({rate:.1f} calls/s), errors: {len(self.errors)}, "
                 f"unexpected outcomes: {sum(self.mismatches.values())}; "
                 f"decision->record_session p50 {ms(percentile(self.latencies, 50))} "
-                f"p99 {ms(percentile(self.latencies, 99))}")
+                f"p99 {ms(percentile(self.latencies, 99))}; emulator {self.chaos}")
 
 
 def run_simulation(host: str, port: int, *, spool_dir: Path, calls: int, concurrency: int,
-                   scenario: str = "mix", time_scale: float = 1.0, opt_in: bool = False) -> Summary:
+                   scenario: str = "mix", time_scale: float = 1.0, opt_in: bool = False,
+                   chaos=None) -> Summary:
+    """``chaos``: the emulator's WireChaos (None: from the environment, on by default)."""
     import gevent.pool
 
     from .emulator import FreeSwitchEmulator
 
-    emulator = FreeSwitchEmulator(host, port, spool_dir=spool_dir, time_scale=time_scale)
-    summary = Summary()
+    emulator = FreeSwitchEmulator(host, port, spool_dir=spool_dir, time_scale=time_scale, chaos=chaos)
+    summary = Summary(chaos=emulator.chaos.describe())
     names = SCENARIO_NAMES if scenario == "mix" else [scenario]
 
     def one(i: int) -> None:

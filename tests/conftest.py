@@ -1,4 +1,4 @@
-"""Shared fixtures: where the FreeSWITCH wire captures live."""
+"""Shared fixtures: where the FreeSWITCH wire captures live; one emulator seed per run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,22 @@ from pathlib import Path
 
 import pytest
 
+from fs_consent.emulator.chaos import ENV_CHAOS, ENV_SEED, WireChaos, random_seed
+
 _REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every emulator in this run draws its wire disorder from one seed, shown in the header."""
+    os.environ.setdefault(ENV_SEED, str(random_seed()))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    chaos = WireChaos.from_env()
+    if not chaos.enabled:
+        return f"emulator: wire chaos off ({ENV_CHAOS}=0)"
+    return (f"emulator: {chaos.describe()} (replay with {ENV_SEED}={chaos.seed}; "
+            f"{ENV_CHAOS}=0 for the polite emulator)")
 
 
 def find_captures_dir() -> Path | None:

@@ -13,10 +13,21 @@ import gevent
 
 from fs_consent import ledger
 from fs_consent.config import load_config
-from fs_consent.emulator import CallerScript, FreeSwitchEmulator
+from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
 from fs_consent.server import ConsentServer
 
 TIME_SCALE = 0.05  # the emulator runs FreeSWITCH's own timers 20x faster: a 5 s prompt timeout takes 0.25 s
+
+
+def emulator_chaos() -> WireChaos:
+    """The emulated FreeSWITCH's wire disorder in every end-to-end test: on, as unruly as a real one.
+
+    FS_CONSENT_EMULATOR_CHAOS=0 turns it off (the polite emulator: to tell a driver
+    bug from a disorder bug); FS_CONSENT_EMULATOR_SEED=N replays a run (conftest.py
+    fixes one seed per pytest run and prints it in the header).  Emulators the
+    tests build themselves read the same variables.
+    """
+    return WireChaos.from_env()
 
 
 #: e.g. postgresql://user:pass@127.0.0.1:5432/postgres: run the ledger on that server instead of SQLite
@@ -69,7 +80,7 @@ class Harness:
         self.server.start()
         host, port = self.server.address
         self.emulator = FreeSwitchEmulator(host, port, spool_dir=self.config.storage.spool_dir,
-                                           time_scale=TIME_SCALE)
+                                           time_scale=TIME_SCALE, chaos=emulator_chaos())
         return self
 
     def __exit__(self, *exc):
@@ -79,7 +90,7 @@ class Harness:
 
     def call(self, **script):
         result = self.emulator.place_call(CallerScript(**script), timeout=20)
-        assert result.errors == [], result.errors
+        assert result.errors == [], (result.errors, str(result.chaos))
         self.settle()
         return result
 

@@ -1,7 +1,10 @@
 """The emulator as an app sees it, over real TCP on 127.0.0.1.
 
 Two independent clients drive it: greenswitch 0.0.19 (as in the captures'
-gs-outbound-1) and :class:`App`, a minimal client built on ``fs_consent.esl``.
+gs-outbound-1) and :class:`App`, a minimal client built on ``fs_consent.esl``
+that takes events wherever they come.  The emulator runs with its default wire
+disorder (seeded from the environment, see conftest.py); each wire behaviour on
+its own, forced, is in test_emulator_chaos.py.
 """
 
 from __future__ import annotations
@@ -355,6 +358,7 @@ END = ["CHANNEL_STATE", "CHANNEL_HANGUP_COMPLETE"]
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_hangup_at_each_point_follows_the_captured_order(dial, tmp_path, point, script, running, expected):
+    # none of these hang-ups races the completion (that one, s13, is in test_emulator_chaos.py)
     app = dial(script)
     app.handshake()
     app.execute("answer")

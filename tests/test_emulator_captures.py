@@ -9,6 +9,15 @@ emulator sends must match ``.rx.bin`` message for message: same kinds, same
 event names in the same order, same header names in the same order, same
 values except the volatile ones below; replies, api responses and
 disconnect notices exactly.
+
+The emulator runs polite (:meth:`WireChaos.off`), except where a capture shows
+FreeSWITCH's disorder: then the emulator is forced to the same, CHANNEL_PARK
+after as many replies as in the capture (s2, s10, s11, gs-outbound-2), the
+prompt's completion before the hang-up (s13), and those messages are compared
+like every other.
+
+The captures of issue 10 (s10-s21) live on the captures branch; where a
+capture is not in the captures directory found, its replay is skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import pytest
 from gevent import socket
 
 from fs_consent import esl
-from fs_consent.emulator import CallerScript, FreeSwitchEmulator
+from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
 
 #: Headers whose values differ between any two real calls: the switch's identity
 #: and clock, ids FreeSWITCH makes up, and media/call durations (the emulator's
@@ -52,8 +61,9 @@ OPTIONAL = frozenset({"variable_origination_uuid"})
 #: (then it is an exact echo); the ``socket`` app's own is always made up.
 APP_UUID = "Application-UUID"
 #: CHANNEL_PARK from the socket app parking the channel races with ``myevents``:
-#: two captures have it, the others do not.  The emulator never sends it.
-RACY = "CHANNEL_PARK"
+#: two captures have it (after the ``linger`` reply), the others do not.
+PARK = "CHANNEL_PARK"
+REPLIES = ("command/reply", "api/response")
 
 SCRIPTS = {
     "s1_digit_pressed.outbound": CallerScript(digits=["1"]),
@@ -76,6 +86,13 @@ SCRIPTS = {
     "dtmf_probe/probe_send_a.outbound": CallerScript(digits=["1"], record_keys=[(0.05, "5")]),
     "greenswitch/gs-outbound-1": CallerScript(digits=["1"]),
     "greenswitch/gs-outbound-2": CallerScript(digits=[None]),
+    # issue 10 (scripts/fs-capture): fs-consent's handshake and play_and_get_digits layout
+    # (from the 80-call rounds: each caller has a name of its own)
+    "s10_event_between_command_and_reply.outbound": CallerScript(digits=[None], caller_name="Test00039"),
+    "s11_event_with_previous_reply.outbound": CallerScript(digits=[None], caller_name="Test00023"),
+    "s13_pagd_complete_before_hangup.outbound": CallerScript(hangup_in_timeout=True),
+    "s14_pagd_hangup_during_collection.outbound": CallerScript(hangup_in_timeout=True),
+    "s15_pagd_timeout_then_hangup.outbound": CallerScript(digits=[None], hangup_after_digits=0.05),
 }
 
 #: Captures no caller can produce, so no replay.
@@ -96,15 +113,45 @@ NOT_REPLAYED = {
     "s21_fs_consent_killed_mid_conversation.outbound": "the app (fs-consent) is killed: the capture ends with the app's close",
     "dtmf_probe/probe_send_b.outbound": "uuid_send_dtmf on the socket leg itself sends DTMF "
     "towards the caller (last_dtmf_duration); a caller never does that",
+    "s16_agent_star2_meta_app.outbound": "the staff legs S_a/S_b (uuid_getvar bridge_to, the ~ of "
+    "uuid_send_dtmf) and the menu's own bridge events are not emulated; the emulator's agent_keys "
+    "play the ~*2 case",
+    "s17_hold_bridged_recording.outbound": "uuid_hold on a loopback leg (CHANNEL_HOLD twice, never "
+    "UNHOLD, B stops reading) is not emulated; hold comes from CallerScript.hold",
+    "s18_transfer_to_bridge.outbound": "sendmsg transfer and the new extension's apps are not "
+    "emulated; the menu is execute_extension",
+    "s19_transfer_no_bridge.outbound": "sendmsg transfer is not emulated; "
+    "CallerScript.transfer_without_bridge gives its effect (caller keys queued, no DTMF event)",
+    "s20_fs_consent_killed_mid_prompt.outbound": "recorded through a proxy in front of a killed "
+    "fs-consent: the app's side ends mid-call, which the replay's gates cannot follow",
+    "s21_fs_consent_killed_mid_conversation.outbound": "recorded through a proxy in front of a "
+    "killed fs-consent, bridged to staff by the dialplan: not a replayable app",
 }
+
+
+#: Made for issue 10 on the captures branch; a captures directory from before it lacks them.
+ISSUE_10 = frozenset(name for name in {*SCRIPTS, *NOT_REPLAYED}
+                     if name.split("_")[0] in {f"s{n}" for n in range(10, 22)})
 
 
 @dataclass
 class Capture:
-    messages: list[esl.Message]  # what FreeSWITCH sent, racy events dropped
+    messages: list[esl.Message]  # what FreeSWITCH sent
     sends: list[tuple[int, bytes]]  # (messages received before it, chunk the app sent)
     call_uuid: str
     event_uuids: set[str]
+    park_after: int | None  # CHANNEL_PARK came this many replies after the myevents reply
+    completion_first: bool  # the socket app returned before CHANNEL_HANGUP (s13)
+
+    @property
+    def chaos(self) -> WireChaos:
+        """Polite, but disorderly where this capture is."""
+        forced = {}
+        if self.park_after is not None:
+            forced.update(park=1.0, park_replies=(self.park_after, self.park_after))
+        if self.completion_first:
+            forced.update(completion_before_hangup=1.0)
+        return WireChaos.only(**forced)
 
 
 def load_capture(captures_dir: Path, name: str) -> Capture:
@@ -112,7 +159,8 @@ def load_capture(captures_dir: Path, name: str) -> Capture:
     parser = esl.FrameParser()
     messages: list[esl.Message] = []
     sends: list[tuple[int, bytes]] = []
-    seen_execute = False
+    replies_after_myevents: int | None = None
+    park_after: int | None = None
     for line in (captures_dir / f"{name}.wire.jsonl").read_text().splitlines():
         chunk = json.loads(line)
         data = base64.b64decode(chunk["b64"])
@@ -120,17 +168,28 @@ def load_capture(captures_dir: Path, name: str) -> Capture:
             sends.append((len(messages), data))
             continue
         for message in parser.feed(data):
-            event = message.event().name if message.content_type == "text/event-plain" else ""
-            seen_execute = seen_execute or event == "CHANNEL_EXECUTE"
-            if event == RACY and not seen_execute:
-                continue
+            if message.content_type in REPLIES:
+                if replies_after_myevents is not None:
+                    replies_after_myevents += 1
+                elif message.reply_text == "+OK Events Enabled":
+                    replies_after_myevents = 0
+            elif message.content_type == "text/event-plain" and message.event().name == PARK:
+                park_after = replies_after_myevents
             messages.append(message)
     commands = esl.CommandParser().feed((captures_dir / f"{name}.tx.bin").read_bytes())
+    events = [m.event() for m in messages if m.content_type == "text/event-plain"]
+    names = [e.name for e in events]
+    # the socket app returned before the hang-up, and not because of a transfer (gs-outbound-2)
+    completion_first = ("CHANNEL_HANGUP" in names and "CHANNEL_UNPARK" in names
+                        and names.index("CHANNEL_UNPARK") < names.index("CHANNEL_HANGUP")
+                        and events[names.index("CHANNEL_UNPARK")].get("Caller-Transfer-Source") is None)
     return Capture(
         messages=messages,
         sends=sends,
         call_uuid=messages[0].headers["Unique-ID"],
         event_uuids={c.headers["Event-UUID"] for c in commands if "Event-UUID" in c.headers},
+        park_after=park_after,
+        completion_first=completion_first,
     )
 
 
@@ -203,15 +262,37 @@ def server():
         yield listener
 
 
+def require(captures_dir: Path, name: str) -> None:
+    if not (captures_dir / f"{name}.wire.jsonl").is_file():
+        pytest.skip(f"{name} is not in {captures_dir} (the issue-10 captures are on the captures branch; "
+                    "FS_CONSENT_CAPTURES points elsewhere)")
+
+
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_replay_matches_capture(name, captures_dir, server, tmp_path):
+    require(captures_dir, name)
     capture = load_capture(captures_dir, name)
     port = server.getsockname()[1]
     emulator = FreeSwitchEmulator(
-        "127.0.0.1", port, spool_dir=tmp_path, time_scale=0.01, linger_timeout=2.0
+        "127.0.0.1", port, spool_dir=tmp_path, time_scale=0.01, linger_timeout=2.0,
+        chaos=capture.chaos,
     )
     received = replay(capture, emulator, server, SCRIPTS[name], tmp_path)
     compare(capture, received, tmp_path, port)
+
+
+def test_what_the_replays_force(captures_dir):
+    """The disorder the forced replays reproduce (DESIGN §7): CHANNEL_PARK right after the
+    myevents reply (0) or the linger reply (1), and the prompt completing before the hang-up."""
+    present = [name for name in SCRIPTS if (captures_dir / f"{name}.wire.jsonl").is_file()]
+    captures = {name: load_capture(captures_dir, name) for name in present}
+    parks = {name: c.park_after for name, c in captures.items() if c.park_after is not None}
+    expected = {"s2_no_digit.outbound": 1, "greenswitch/gs-outbound-2": 1,
+                "s10_event_between_command_and_reply.outbound": 0, "s11_event_with_previous_reply.outbound": 1,
+                "s14_pagd_hangup_during_collection.outbound": 1}
+    assert parks == {name: after for name, after in expected.items() if name in captures}
+    races = {name for name, c in captures.items() if c.completion_first}
+    assert races == {"s13_pagd_complete_before_hangup.outbound"} & set(captures)
 
 
 def test_every_outbound_capture_has_a_replay(captures_dir):
@@ -220,4 +301,6 @@ def test_every_outbound_capture_has_a_replay(captures_dir):
         for p in captures_dir.rglob("*.rx.bin")
         if "inbound" not in p.name
     }
-    assert outbound == set(SCRIPTS) | set(NOT_REPLAYED)
+    known = set(SCRIPTS) | set(NOT_REPLAYED)
+    assert outbound <= known, sorted(outbound - known)
+    assert known - outbound <= ISSUE_10, sorted(known - outbound - ISSUE_10)  # only those may be absent

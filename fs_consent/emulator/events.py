@@ -25,6 +25,7 @@ _CALLING = {
         "switch_core_session_reporting_state",
         "943",
     ),
+    "CHANNEL_PARK": ("switch_ivr.c", "switch_ivr_park", "1002"),
     "CHANNEL_UNPARK": ("switch_ivr.c", "switch_ivr_park", "1213"),
     "CHANNEL_STATE": ("switch_channel.c", "switch_channel_perform_set_running_state", "2408"),
     "DTMF": ("switch_channel.c", "switch_channel_dequeue_dtmf", "677"),

@@ -25,15 +25,27 @@ class CallerScript:
     #: 1.5 s prompt completes the app at once, playback_last_offset_pos 4160). None: the
     #: key comes just after the prompt has played to its end.
     digit_after: float | None = None
-    #: The caller hangs up halfway through the first play_and_get_digits prompt.
+    #: The caller hangs up halfway through the first play_and_get_digits prompt (s8).
     hangup_in_prompt: bool = False
+    #: The caller hangs up halfway through the first play_and_get_digits' wait for the digit,
+    #: after the prompt (when no digit comes): s14, or s13 when the wire chaos says so.
+    hangup_in_timeout: bool = False
+    #: Seconds after the first play_and_get_digits ends: the caller hangs up (s15).
+    hangup_after_digits: float | None = None
     #: After execute_extension starts: time in the menu before the agent answers.
     menu_seconds: float = 0.02
     #: The menu reaches an agent (CHANNEL_BRIDGE); otherwise it ends and the call hangs up.
     bridge: bool = True
+    #: The menu transfers the call (``transfer staff XML default``) to a target that does
+    #: not bridge: no CHANNEL_BRIDGE, and from then on the caller's keys (``caller_keys``,
+    #: timed from the transfer, and ``record_keys``) queue on the channel without a DTMF
+    #: event (DESIGN §7, s19) until the app plays something (a sendmsg then runs at once,
+    #: beside the target's app, and reads them).  The caller hangs up after ``talk_seconds``.
+    transfer_without_bridge: bool = False
     #: Bridged time; then the agent hangs up.
     talk_seconds: float = 0.3
-    #: (seconds after the bridge, digits): caller keys while bridged, one DTMF event per digit.
+    #: (seconds after the bridge, digits): caller keys while bridged, one DTMF event per digit
+    #: (after a ``transfer_without_bridge``: seconds after the transfer, and no events).
     caller_keys: list[tuple[float, str]] = field(default_factory=list)
     #: (seconds after the bridge, "*2"): the agent dials a meta sequence.
     agent_keys: list[tuple[float, str]] = field(default_factory=list)
@@ -76,3 +88,9 @@ class CallResult:
     errors: list[str] = field(default_factory=list)
     decision_latency: float | None = None
     duration: float = 0.0
+    #: The call's wire-disorder decisions (a ``CallChaos``; ``str()`` of it says what happened).
+    chaos: object = None
+    #: The menu transferred the call away from the park without a bridge...
+    transferred: bool = False
+    #: ...and these caller keys were queued on the channel, never reported as DTMF.
+    queued_dtmf: str = ""

@@ -8,6 +8,13 @@ Three kinds of greenlet share the session, as FreeSWITCH's threads do:
   hangs up, walks the hang-up sequence, like the session thread;
 * timers play the caller's and the agent's part from the :class:`CallerScript`.
 
+Every byte goes out through one writer (:meth:`CallSession._send`), where the
+call's :class:`~.chaos.CallChaos` may cut a write in pieces or hold a frame back
+to share a write with the next ones; the same object decides when CHANNEL_PARK
+goes out, whether a caller who hangs up while the prompt waits for a digit
+makes it complete (as a timeout) before CHANNEL_HANGUP, and, only when forced,
+whether a sendmsg's CHANNEL_EXECUTE beats its ``+OK``.
+
 Every wait is bounded by the call's state: a hang-up interrupts any app.  If
 the app goes away (``exit`` or a closed socket) the running app still ends
 normally and then the call hangs up, without events: the caller is not
@@ -33,6 +40,7 @@ import gevent.pool
 
 from .. import esl
 from .channel import Channel, now_us
+from .chaos import CallChaos, WireChaos
 from .events import Core, application_headers
 from .script import CallerScript, CallResult, RecordingInfo
 from .wav import RATE, WavRecording, sha256_of
@@ -67,11 +75,19 @@ class Settings:
 
 @dataclass
 class _Message:
-    """A queued ``sendmsg``: an execute, or a hang-up (``app`` is None)."""
+    """A queued ``sendmsg``: an execute, or a hang-up (``app`` is None).
+
+    ``early`` ('execute' or 'complete'): that event of the app goes out before the
+    sendmsg's ``+OK``; the runner sets ``started`` once it has, the reader sets
+    ``replied`` once the ``+OK`` is out.
+    """
 
     app: str | None
     arg: str | None
     app_uuid: str
+    early: str | None = None
+    started: gevent.event.Event | None = None
+    replied: gevent.event.Event | None = None
 
 
 @dataclass
@@ -93,8 +109,10 @@ class CallSession:
         call_uuid: str,
         session_id: int,
         socket_target: str,
+        wire: CallChaos | None = None,
     ) -> None:
         self._sock = sock
+        self._wire = wire or WireChaos.off().for_call(session_id)
         self._core = core
         self._settings = settings
         self._script = script
@@ -106,7 +124,7 @@ class CallSession:
             session_id=session_id,
             socket_target=socket_target,
         )
-        self.result = CallResult(uuid=call_uuid)
+        self.result = CallResult(uuid=call_uuid, chaos=self._wire)
         self._parser = esl.CommandParser()
         self._send_lock = gevent.lock.Semaphore()
         self._greenlets = gevent.pool.Group()
@@ -129,6 +147,16 @@ class CallSession:
         self._meta: dict[str, _MetaBinding] = {}
         self._pagd_runs = 0
         self._last_decision: float | None = None
+        self._pending: list[bytes] = []  # frames held back to share a write
+        self._runner: gevent.Greenlet | None = None
+        self._idle = False  # the runner waits for a message
+        self._park: list[tuple[str, str]] | None = None  # CHANNEL_PARK not yet written...
+        self._park_after = 0  # ...until this many more replies have gone out
+        self._collecting = False  # play_and_get_digits waits for a digit
+        self._unlinked: str | None = None  # the caller hung up; our leg hangs up after the socket app
+        self._link_lost = gevent.event.Event()
+        self._dtmf_queued = False  # transferred away from the park: caller keys raise no event...
+        self._dtmf_queue = ""  # ...until an app that reads DTMF dequeues them (s19)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,7 +164,7 @@ class CallSession:
         """Serve the connection until it closes; every greenlet ends with it."""
         started = time.monotonic()
         self._greenlets.spawn(self._read_loop)
-        self._greenlets.spawn(self._run_apps)
+        self._runner = self._greenlets.spawn(self._run_apps)
         try:
             self._done.wait()
         finally:
@@ -153,6 +181,17 @@ class CallSession:
         self._done.set()
 
     def _close(self) -> None:
+        """Write what is held back (briefly: the app may have stopped reading), then close."""
+        if self._closed.is_set():
+            return
+        try:
+            with gevent.Timeout(1.0):
+                self._flush()
+        except gevent.Timeout:
+            pass
+        self._shut()
+
+    def _shut(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
@@ -161,17 +200,66 @@ class CallSession:
         except OSError:
             pass
 
+    # ------------------------------------------------------------------ the wire
+
     def _send(self, data: bytes) -> None:
+        """Queue ``data`` for the wire, in call order; it goes out now unless held back."""
         if self._closed.is_set():
             return
         with self._send_lock:
-            try:
-                self._sock.sendall(data)
-            except OSError:
-                self._close()
+            self._pending.append(data)
+            if self._wire.hold_back():
+                if len(self._pending) == 1:
+                    self._greenlets.spawn(self._flush_later)
+                return
+            self._write_pending()
+
+    def _flush_later(self) -> None:
+        gevent.sleep(self._wire.config.hold_seconds)
+        self._flush()
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """One write of every queued frame, perhaps cut in pieces (the send lock is held)."""
+        if not self._pending:
+            return
+        frames, self._pending = self._pending, []
+        if len(frames) > 1:
+            self._wire.coalesced += 1
+        if self._closed.is_set():
+            return
+        try:
+            for number, piece in enumerate(self._wire.pieces(b"".join(frames))):
+                if number:
+                    self._wire.pause()
+                self._sock.sendall(piece)
+        except OSError:
+            self._shut()
+
+    def _reply(self, data: bytes) -> None:
+        """A command's reply; a CHANNEL_PARK whose turn comes after it goes in the same write
+        (as in 13 of the 15 calls of handshake_race.txt)."""
+        if self._park is not None:
+            self._park_after -= 1
+            if self._park_after <= 0:
+                self._send(data + self._park_bytes())
+                return
+        self._send(data)
+
+    def _park_bytes(self) -> bytes:
+        headers, self._park = self._park, None
+        if self._all_events or "CHANNEL_PARK" in self._subscribed:
+            return esl.encode_event(headers)
+        return b""
 
     def _emit(self, name: str, *, before=(), after=()) -> None:
-        """Fire an event; deliver it if this socket listens for it."""
+        """Fire an event; deliver it if this socket listens for it (after a CHANNEL_PARK
+        still waiting for its turn: the park came before anything the channel does)."""
+        if self._park is not None:
+            self._send(self._park_bytes())
         headers = self._core.channel_event(name, self.channel, before=before, after=after)
         if self._all_events or name in self._subscribed:
             self._send(esl.encode_event(headers))
@@ -245,24 +333,33 @@ class CallSession:
         }.get(verb)
         if handler is None:
             self.result.errors.append(f"unknown command '{verb}'")
-            self._send(esl.encode_reply("-ERR command not found"))
+            self._reply(esl.encode_reply("-ERR command not found"))
             return
         handler(rest.strip())
 
     def _cmd_connect(self, _rest: str) -> None:
         self._connected = True
         headers = self._core.connect_data(self.channel)
-        self._send(esl.encode_connect_reply(headers))
+        self._reply(esl.encode_connect_reply(headers))
 
     def _cmd_myevents(self, rest: str) -> None:
         if self._myevents:
-            self._send(esl.encode_reply("-ERR aready enabled."))
+            self._reply(esl.encode_reply("-ERR aready enabled."))
             return
         if rest and rest != "plain":
             self.result.errors.append(f"myevents {rest}: only plain events are emulated")
         self._myevents = True
         self._subscribed |= MYEVENTS
-        self._send(esl.encode_reply("+OK Events Enabled"))
+        self._reply(esl.encode_reply("+OK Events Enabled"))
+        # The socket app parks the channel while the listener handles our commands: when the
+        # park comes after this subscription, CHANNEL_PARK (the channel as it is now) goes out
+        # between replies.  Before any other event of the channel, in any case.
+        after = self._wire.park_after()
+        if after is not None and self._park is None:
+            self._park = self._core.channel_event("CHANNEL_PARK", self.channel)
+            self._park_after = after
+            if after == 0:  # its own write, after the reply (s10: it beat the next reply)
+                self._send(self._park_bytes())
 
     def _cmd_event(self, rest: str) -> None:
         names = rest.split()
@@ -276,31 +373,31 @@ class CallSession:
                 self._all_events = True
             else:
                 self._subscribed.add(name)
-        self._send(esl.encode_reply(f"+OK event listener enabled {fmt}"))
+        self._reply(esl.encode_reply(f"+OK event listener enabled {fmt}"))
 
     def _cmd_noevents(self, _rest: str) -> None:
         self._subscribed.clear()
         self._all_events = self._myevents = False
-        self._send(esl.encode_reply("+OK no longer listening for events"))
+        self._reply(esl.encode_reply("+OK no longer listening for events"))
 
     def _cmd_linger(self, rest: str) -> None:
         if rest.isdigit() and int(rest) > 0:
             self._linger = int(rest)
-            self._send(esl.encode_reply(f"+OK will linger {rest} seconds"))
+            self._reply(esl.encode_reply(f"+OK will linger {rest} seconds"))
         else:
             self._linger = -1
-            self._send(esl.encode_reply("+OK will linger"))
+            self._reply(esl.encode_reply("+OK will linger"))
 
     def _cmd_nolinger(self, _rest: str) -> None:
         self._linger = None
-        self._send(esl.encode_reply("+OK will not linger"))
+        self._reply(esl.encode_reply("+OK will not linger"))
 
     def _cmd_getvar(self, name: str) -> None:
-        self._send(esl.encode_reply(self.channel.lookup(name) or ""))
+        self._reply(esl.encode_reply(self.channel.lookup(name) or ""))
 
     def _cmd_exit(self, _rest: str) -> None:
         self.result.exited = True
-        self._send(esl.encode_reply("+OK bye"))
+        self._reply(esl.encode_reply("+OK bye"))
         self._goodbye()
 
     def _goodbye(self) -> None:
@@ -309,12 +406,13 @@ class CallSession:
 
     def _cmd_sendmsg(self, target: str, *, command: esl.Command) -> None:
         if target and target != self.channel.uuid:
-            self._send(esl.encode_reply(f"-ERR invalid session id [{target}]"))
+            self._reply(esl.encode_reply(f"-ERR invalid session id [{target}]"))
             return
         headers = command.headers
         call_command = headers.get("call-command", "")
         event_uuid = headers.get("Event-UUID")
-        self._send(esl.encode_reply("+OK"))
+        if call_command != "execute":
+            self._reply(esl.encode_reply("+OK"))
         if call_command == "execute":
             app = headers.get("execute-app-name", "")
             arg = headers.get("execute-app-arg")
@@ -327,12 +425,26 @@ class CallSession:
                 if self.result.decision_latency is None:
                     self.result.decision_latency = time.monotonic() - self._last_decision
             message = _Message(app, arg, event_uuid or str(uuidlib.uuid4()))
+            if self._idle and not self._queue and not self._hung.is_set():
+                message.early = self._wire.execute_first(app)
+            if message.early is not None:
+                # The app starts at once and its event is written first; the +OK follows.
+                message.started, message.replied = gevent.event.Event(), gevent.event.Event()
+                self._queue.append(message)
+                self._work.set()
+                gevent.wait([message.started, self._hung, self._closed], count=1, timeout=1.0)
+                self._reply(esl.encode_reply("+OK"))
+                message.replied.set()
+                return
+            self._reply(esl.encode_reply("+OK"))
         elif call_command == "hangup":
             message = _Message(None, headers.get("hangup-cause", "NORMAL_CLEARING"), "")
         else:
             self.result.errors.append(f"sendmsg call-command '{call_command}' not emulated")
             return
-        if not self._hung.is_set():
+        if self._dtmf_queued:  # transferred: the running app runs it at once (s19)
+            self._spawn_app(message.app, message.arg, message.app_uuid)
+        elif not self._hung.is_set():
             self._queue.append(message)
             self._work.set()
 
@@ -354,7 +466,7 @@ class CallSession:
             body, effect = f"-ERR {name} Command not found!\n", None
         else:
             body, effect = handler(args.split())
-        self._send(esl.encode_api_response(body.encode()))
+        self._reply(esl.encode_api_response(body.encode()))
         if effect is not None:
             effect()
 
@@ -419,18 +531,25 @@ class CallSession:
     def _run_apps(self) -> None:
         while not self._hung.is_set() and not self._closed.is_set():
             if not self._queue:
+                self._idle = True
                 self._work.wait()
+                self._idle = False
                 self._work.clear()
                 continue
             message = self._queue.popleft()
             if message.app is None:
                 self._hangup(message.arg or "NORMAL_CLEARING")
-            elif self._sleep(self._settings.app_latency):
-                self._execute(message.app, message.arg, message.app_uuid)
-                if self._transfer_to is not None:
+            elif message.early is not None or self._sleep(self._settings.app_latency):
+                self._execute(message.app, message.arg, message.app_uuid, message)
+                if self._transfer_to is not None or self._unlinked is not None:
                     break
         self._queue.clear()
-        if self._transfer_to is not None:
+        if self._unlinked is not None and not self._hung.is_set():
+            # The caller is gone and our leg can no longer read: the socket app returns,
+            # then the channel hangs up (s13).
+            self._leave_socket_app()
+            self._hangup(self._unlinked)
+        elif self._transfer_to is not None:
             self._leave_socket_app()
             self.channel.enter_state("CS_ROUTING")
             self._emit("CHANNEL_STATE")
@@ -442,8 +561,15 @@ class CallSession:
         self._finish_hangup()
         self._done.set()
 
-    def _execute(self, app: str, arg: str | None, app_uuid: str) -> None:
+    def _execute(self, app: str, arg: str | None, app_uuid: str, message: _Message | None = None) -> None:
         """switch_core_session_exec: CHANNEL_EXECUTE, the app, CHANNEL_EXECUTE_COMPLETE."""
+        try:
+            self._run_app(app, arg, app_uuid, message)
+        finally:
+            if message is not None and message.started is not None:
+                message.started.set()  # whatever happened, the sendmsg's +OK may go out now
+
+    def _run_app(self, app: str, arg: str | None, app_uuid: str, message: _Message | None) -> None:
         run = self._APPS.get(app)
         if run is None:
             self.result.errors.append(f"application '{app}' not emulated")
@@ -455,6 +581,9 @@ class CallSession:
         variables.set("current_application", app)
         variables.set("current_application_data", arg)
         self._emit("CHANNEL_EXECUTE", after=application_headers(app, arg, app_uuid, complete=False))
+        if message is not None and message.early == "execute":
+            message.started.set()
+            gevent.wait([message.replied, self._hung, self._closed], count=1, timeout=1.0)
         variables.set("current_application", app)
         run(self, arg)
         response = variables.get("current_application_response")
@@ -473,7 +602,11 @@ class CallSession:
         return self._linger is not None and self._settings.linger
 
     def _hangup(self, cause: str) -> None:
-        """switch_channel_hangup: CHANNEL_HANGUP now; the runner does the rest."""
+        """switch_channel_hangup: CHANNEL_HANGUP now; the runner does the rest.
+
+        The state and the cause are set first, so whatever the channel reports from
+        now on says ``Answer-State: hangup``.
+        """
         if self._hung.is_set():
             return
         channel = self.channel
@@ -486,6 +619,22 @@ class CallSession:
             self._goodbye()
         self._hung.set()
         self._work.set()
+
+    def _caller_hangup(self, cause: str = "NORMAL_CLEARING") -> None:
+        """The caller (the loopback A leg) hangs up.
+
+        Usually our leg hangs up at once.  But while play_and_get_digits waits for
+        the digit, mod_loopback may first unlink our leg (its reads fail): the
+        prompt then completes exactly as a timeout would, the socket app returns,
+        and only then does CHANNEL_HANGUP come (s13, pagd_hangup_race.txt).
+        """
+        if self._hung.is_set() or self._unlinked is not None:
+            return
+        if self._collecting and self._wire.completion_first("play_and_get_digits"):
+            self._unlinked = cause
+            self._link_lost.set()
+            return
+        self._hangup(cause)
 
     def _leave_socket_app(self) -> None:
         """The socket application returns: unpark, then its own completion."""
@@ -563,7 +712,7 @@ class CallSession:
             for delay, digits in script.record_keys:
                 self._spawn_after(delay, self._caller_keys, digits)
             if script.hangup_after_record is not None:
-                self._spawn_after(script.hangup_after_record, self._hangup, "NORMAL_CLEARING")
+                self._spawn_after(script.hangup_after_record, self._caller_hangup)
 
     def _close_recording(self, path: str, cause: str) -> tuple[int, int]:
         """Close the file (discarding it when empty); returns (file size, frames)."""
@@ -617,6 +766,10 @@ class CallSession:
         )
 
     def _caller_keys(self, digits: str) -> None:
+        if self._dtmf_queued:  # queued on the channel: no DTMF event until an app reads DTMF
+            self.result.queued_dtmf += digits
+            self._dtmf_queue += digits
+            return
         for digit in digits:
             self._dtmf(digit, self._script.dtmf_source)
         self._meta_keys(digits, "a")
@@ -637,10 +790,11 @@ class CallSession:
         if leg == "a":
             self._spawn_app(binding.app, binding.arg)
 
-    def _spawn_app(self, app: str, arg: str | None) -> None:
-        """An app FreeSWITCH runs beside the queue (meta keys, broadcasts)."""
+    def _spawn_app(self, app: str, arg: str | None, app_uuid: str | None = None) -> None:
+        """An app FreeSWITCH runs beside the queue (meta keys, broadcasts, and every sendmsg
+        once the call is transferred away from the park)."""
         if not self._hung.is_set():
-            self._greenlets.spawn(self._execute, app, arg, str(uuidlib.uuid4()))
+            self._greenlets.spawn(self._execute, app, arg, app_uuid or str(uuidlib.uuid4()))
 
     def _set_var(self, name: str, value: str | None) -> None:
         self.channel.vars.set(name, value)
@@ -663,13 +817,17 @@ class CallSession:
 
     def _play(self, stop_after: float | None = None) -> bool:
         """Play one file for the script's prompt time, or until a key at ``stop_after``
-        seconds; False if the call hung up."""
+        seconds; False if the call hung up (or our leg is unlinked from the caller: then
+        it fails at once)."""
         started = time.monotonic()
+        queued, self._dtmf_queue = self._dtmf_queue, ""
+        for digit in queued:  # playing reads DTMF: keys queued since a transfer come out now
+            self._dtmf(digit, self._script.dtmf_source)
         length_ms = round(self._script.prompt_seconds * 1000)
         until = self._script.prompt_seconds
         if stop_after is not None:
             until = min(until, max(0.0, stop_after))
-        played = self._sleep(until)
+        played = not self._link_lost.is_set() and self._sleep(until)
         elapsed_ms = round(until * 1000) if played else round((time.monotonic() - started) * 1000)
         for name, value in [
             ("playback_last_offset_pos", str(min(elapsed_ms, length_ms) * 8)),
@@ -695,26 +853,50 @@ class CallSession:
         if len(args) < 9:
             self.result.errors.append("play_and_get_digits needs at least 9 arguments")
             args += [""] * (9 - len(args))
-        minimum, _maximum, tries, timeout, terminators, _file, invalid, var, regexp = args[:9]
-        transfer = args[10] if len(args) > 10 else None
         run = self._pagd_runs
         self._pagd_runs += 1
         script = self._script
         digit = script.digits[run] if run < len(script.digits) else None
-        if script.hangup_in_prompt and run == 0:
-            self._spawn_after(script.prompt_seconds / 2, self._hangup, "NORMAL_CLEARING")
+        wait = self._scaled(args[3], 5000)
+        if run == 0 and script.hangup_in_prompt:
+            self._spawn_after(script.prompt_seconds / 2, self._caller_hangup)
+        if run == 0 and script.hangup_in_timeout and digit is None:
+            self._spawn_after(script.prompt_seconds + wait / 2, self._caller_hangup)
+        try:
+            self._get_digits(args, digit, wait)
+        finally:
+            self._collecting = False
+            if run == 0 and script.hangup_after_digits is not None:
+                self._spawn_after(script.hangup_after_digits, self._caller_hangup)
+
+    def _get_digits(self, args: list[str], digit: str | None, wait: float) -> None:
+        minimum, _maximum, tries, _timeout, terminators, _file, invalid, var, regexp = args[:9]
+        transfer = args[10] if len(args) > 10 else None
+        script = self._script
         variables = self.channel.vars
         for _ in range(max(1, int(tries) if tries.isdigit() else 1)):
+            # switch_ivr_read clears both first: a hang-up in the prompt leaves neither (s8)
+            variables.set("read_result", None)
+            if var:
+                variables.set(var, None)
             if not self._play(script.digit_after if digit is not None else None):
                 return
             if digit is not None:
                 self._dtmf(digit, script.digit_source or script.dtmf_source)
                 collected = "" if digit in terminators else digit
                 digit = None
-            elif not self._sleep(self._scaled(timeout, 5000)):
-                return
             else:
+                self._collecting = True
+                gevent.wait([self._hung, self._link_lost], timeout=wait, count=1)
+                self._collecting = False
                 collected = ""
+                if self._hung.is_set():
+                    # the collection fails: read_result failure, and, the channel not being
+                    # ready, no bad-input file and no more tries (s14)
+                    variables.set("read_result", "failure")
+                    return
+                # timed out, or unlinked (s13): the same from here on, except that the
+                # bad-input file then fails at once
             valid = len(collected) >= (int(minimum) if minimum.isdigit() else 1)
             valid = valid and self._matches(regexp, collected)
             variables.set("read_result", "success" if valid else "failure")
@@ -796,6 +978,9 @@ class CallSession:
         script = self._script
         if not self._sleep(script.menu_seconds):
             return
+        if script.transfer_without_bridge:
+            self._transfer_away()
+            return
         if not script.bridge:
             self._hangup("NORMAL_CLEARING")
             return
@@ -815,13 +1000,27 @@ class CallSession:
             self._spawn_after(start, self._hold, bridged=True)
             self._spawn_after(start + length, self._unhold, bridged=True)
         if script.caller_hangup_after is not None:
-            self._spawn_after(script.caller_hangup_after, self._hangup, "NORMAL_CLEARING", bridged=True)
+            self._spawn_after(script.caller_hangup_after, self._caller_hangup, bridged=True)
         talked = self._sleep(script.talk_seconds)
         self._bridged = False
         self._update_recordings(bridged=False)
         self._emit("CHANNEL_UNBRIDGE", before=legs)
         if talked:
             self._hangup("NORMAL_CLEARING")
+
+    def _transfer_away(self) -> None:
+        """The menu transfers the call to a target that does not bridge (DESIGN §7, s19):
+        the caller's keys queue on this channel and raise no DTMF event, until an app
+        that reads DTMF runs (the app's sendmsg runs at once, beside the target's app)."""
+        script = self._script
+        self._dtmf_queued = True
+        self.result.transferred = True
+        for delay, digits in script.caller_keys:
+            self._spawn_after(delay, self._caller_keys, digits)
+        if script.caller_hangup_after is not None:
+            self._spawn_after(script.caller_hangup_after, self._caller_hangup)
+        if self._sleep(script.talk_seconds):
+            self._caller_hangup()
 
     def _hold(self) -> None:
         self.channel.hold()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid as uuidlib
 from pathlib import Path
 
 import gevent
 from gevent import socket
 
+from .chaos import WireChaos
 from .events import Core
 from .script import CallerScript, CallResult
 from .session import CallSession, Settings
+
+log = logging.getLogger("fs_consent.emulator")
 
 
 class FreeSwitchEmulator:
@@ -24,6 +28,12 @@ class FreeSwitchEmulator:
     app starts (about 20 ms in FreeSWITCH's park loop); ``linger_timeout`` is
     how long a plain ``linger`` waits for ``exit`` before the switch gives up.
     Recordings may only be written inside ``spool_dir``.
+
+    ``chaos`` is the wire's disorder (:class:`~.chaos.WireChaos`): by default it
+    comes from the environment, which means on, with a random seed that is
+    logged (``FS_CONSENT_EMULATOR_SEED`` fixes it, ``FS_CONSENT_EMULATOR_CHAOS=0``
+    turns it off); ``False`` or ``WireChaos.off()`` is the polite emulator.
+    Call *n* placed by this emulator draws from seed and *n* only.
     """
 
     def __init__(
@@ -37,7 +47,15 @@ class FreeSwitchEmulator:
         time_scale: float = 1.0,
         app_latency: float = 0.02,
         linger_timeout: float = 5.0,
+        chaos: WireChaos | bool | None = None,
     ) -> None:
+        if chaos is None or chaos is True:
+            chaos = WireChaos.from_env()
+        elif chaos is False:
+            chaos = WireChaos.off()
+        self.chaos: WireChaos = chaos
+        if chaos.enabled:
+            log.info("emulator %s (FS_CONSENT_EMULATOR_SEED=%s replays it)", chaos.describe(), chaos.seed)
         self.host = host
         self.port = port
         self._core = Core(core_uuid or str(uuidlib.uuid4()))
@@ -59,16 +77,19 @@ class FreeSwitchEmulator:
         result says so in ``errors``.
         """
         call_uuid = uuid or str(uuidlib.uuid4())
+        index = next(self._session_ids)
         sock = socket.create_connection((self.host, self.port), timeout=timeout)
         sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each write its own segment
         session = CallSession(
             sock,
             core=self._core,
             settings=self._settings,
             script=script,
             call_uuid=call_uuid,
-            session_id=next(self._session_ids),
+            session_id=index,
             socket_target=f"{self.host}:{self.port} async full",
+            wire=self.chaos.for_call(index),
         )
         timer = gevent.spawn_later(timeout, session.abort, f"call did not end within {timeout} s")
         try:
