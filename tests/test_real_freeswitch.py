@@ -20,6 +20,7 @@ import os
 import struct
 import uuid
 import wave
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,6 +135,12 @@ class Call:
     def prompt_started(self) -> bool:
         return self.wait("CHANNEL_EXECUTE", Application="play_and_get_digits") is not None
 
+    def dropped_in_handshake(self) -> bool:
+        """``socket`` returned before fs-consent ran anything: it closed the connection during the handshake."""
+        done = self.wait("CHANNEL_EXECUTE_COMPLETE", 0, Application="socket")
+        answered = self.wait("CHANNEL_EXECUTE", 0, Application="answer")
+        return done is not None and answered is None
+
     def bridged(self, timeout: float = 20.0) -> bool:
         return self.wait("CHANNEL_BRIDGE", timeout) is not None
 
@@ -204,6 +211,22 @@ class RealHarness:
         return sorted(p.name for p in spool.iterdir()), sorted(p.name for p in store.iterdir())
 
 
+def _no_prompt(call: Call) -> str:
+    if call.dropped_in_handshake():
+        return (f"fs-consent closed call {call.b} during the handshake (the socket app returned before any "
+                "command; an event where a reply was due? see captures s10/s11)")
+    return f"fs-consent never started the prompt for {call.b}"
+
+
+def _outcomes(fs: "RealHarness", calls: list[Call]) -> dict[str, str | None]:
+    """B uuid -> ledger outcome; None: not in the ledger ('dropped' when the handshake was dropped)."""
+    out = {}
+    for call in calls:
+        row = fs.row(call)
+        out[call.b] = row.outcome if row else ("dropped in the handshake" if call.dropped_in_handshake() else None)
+    return out
+
+
 @pytest.fixture
 def fs(tmp_path):
     with RealHarness(tmp_path) as h:
@@ -212,7 +235,7 @@ def fs(tmp_path):
 
 def test_digit_1_refuses_and_nothing_is_recorded(fs):
     call = Call(fs.switch)
-    assert call.prompt_started()
+    assert call.prompt_started(), _no_prompt(call)
     gevent.sleep(0.3)
     call.keys("1")
     assert call.bridged(), "the refusing caller goes on into the menu all the same"
@@ -229,7 +252,7 @@ def test_digit_1_refuses_and_nothing_is_recorded(fs):
 
 def test_silence_grants_and_the_recording_is_sealed_after_the_bridge(fs):
     call = Call(fs.switch)
-    assert call.bridged(), "silence goes on into the menu"
+    assert call.bridged(), _no_prompt(call) if call.dropped_in_handshake() else "silence goes on into the menu"
     assert call.wait("RECORD_START", 5) is not None
     gevent.sleep(1.5)
     call.hang_up()
@@ -247,7 +270,7 @@ def test_silence_grants_and_the_recording_is_sealed_after_the_bridge(fs):
 
 def test_caller_hangup_during_the_prompt_is_abandoned(fs):
     call = Call(fs.switch)
-    assert call.prompt_started()
+    assert call.prompt_started(), _no_prompt(call)
     gevent.sleep(PROMPT_SECONDS / 2)
     call.hang_up()
     assert call.ended()
@@ -278,14 +301,17 @@ def test_caller_hangups_at_any_moment_of_the_prompt_are_never_taken_as_silence(f
     for call in calls:
         assert call.ended()
     fs.settle()
-    outcomes = {c.b: (fs.row(c).outcome if fs.row(c) else None) for c in calls}
-    assert [b for b, o in outcomes.items() if o != "abandoned"] == [], outcomes
+    outcomes = _outcomes(fs, calls)
+    counts = Counter(outcomes.values())
+    taken_as_silence = [b for b, o in outcomes.items() if o == "granted"]
+    assert taken_as_silence == [], f"hang-ups taken as silence (granted): {taken_as_silence}; all: {dict(counts)}"
+    assert counts == {"abandoned": len(calls)}, f"outcomes: {dict(counts)}"
     assert fs.files() == ([], [])
 
 
 def test_caller_star1_during_the_bridge_withdraws_and_deletes_the_recording(fs):
     call = Call(fs.switch)
-    assert call.bridged()
+    assert call.bridged(), _no_prompt(call) if call.dropped_in_handshake() else "never bridged"
     assert call.wait("RECORD_START", 5) is not None
     gevent.sleep(1.0)
     call.keys("*1")
@@ -311,7 +337,9 @@ def test_40_concurrent_calls_are_all_in_the_ledger_with_an_outcome(fs):
     calls = [Call(fs.switch) for _ in range(40)]
 
     def talk(call: Call) -> None:
-        call.bridged(30)
+        with gevent.Timeout(30, False):  # bridged, or gone (a call dropped in the handshake ends at once)
+            while call.wait("CHANNEL_BRIDGE", 0) is None and call.wait("CHANNEL_HANGUP", 0) is None:
+                gevent.sleep(0.1)
         gevent.sleep(1.0)
         call.hang_up()
 
@@ -319,8 +347,6 @@ def test_40_concurrent_calls_are_all_in_the_ledger_with_an_outcome(fs):
     for call in calls:
         assert call.ended(30)
     fs.settle(60)
-    rows = {c.b: fs.row(c) for c in calls}
-    missing = [b for b, r in rows.items() if r is None]
-    undecided = [b for b, r in rows.items() if r is not None and not r.outcome]
-    assert (missing, undecided) == ([], []), f"{len(missing)} not in the ledger, {len(undecided)} without an outcome"
-    assert {r.outcome for r in rows.values()} == {"granted"}
+    outcomes = _outcomes(fs, calls)
+    counts = Counter(outcomes.values())
+    assert counts == {"granted": len(calls)}, f"of {len(calls)} calls: {dict(counts)}"
