@@ -50,9 +50,12 @@ BY_RESTART = "restart"  # the server stopped (crash) before the call ended: set 
 # how the consent prompt ended when it collected no digit (``PromptAnswered.ended``)
 PROMPT_TIMED_OUT = "timed-out"  # the whole prompt played, the timeout ran out, the caller still there
 PROMPT_CALLER_GONE = "caller-gone"  # the completion says the channel is hanging up
-PROMPT_INTERRUPTED = "interrupted"  # neither: cut short (a file that would not play, a break)
+PROMPT_INTERRUPTED = "interrupted"  # neither, or ended before the timeout could have run out
+PROMPT_GRACE_TIMER = "prompt-grace"
+PROMPT_GRACE_S = 0.5  # a prompt cut short: this long for the hang-up that usually follows at once
 
 PROMPT_VARIABLE = "fs_consent_digit"
+PROMPT_INVALID_FILE = "silence_stream://250"  # play_and_get_digits' invalid-input file (after a failed collection)
 AGENT_MARKER_VARIABLE = "fs_consent_agent"
 AGENT_MARKER_VALUE = "withdraw"
 AGENT_FLAG_AGGRESSION = "aggression"  # the marker value of the agent's aggression key, and the flag's kind
@@ -93,7 +96,7 @@ class Policy:
         silence must decide at once; the machine replays on a wrong digit itself.
         """
         t = self.timeout_ms
-        return f"1 1 1 {t} # {self.prompt_file} silence_stream://250 {PROMPT_VARIABLE} \\d {t}"
+        return f"1 1 1 {t} # {self.prompt_file} {PROMPT_INVALID_FILE} {PROMPT_VARIABLE} \\d {t}"
 
 
 # --- events (in) --------------------------------------------------------------
@@ -327,6 +330,7 @@ class ConsentCall:
     flags: set[str] = field(default_factory=set)
     _tags: dict[str, str] = field(default_factory=dict)
     _prompt_tag: str | None = None  # only the latest prompt's completion counts
+    _prompt_cut_short: bool = False  # the prompt ended early with no digit: waiting for a hang-up
     _seq: int = 0
 
     # public ----------------------------------------------------------------
@@ -470,7 +474,10 @@ class ConsentCall:
         if digit is None and ev.ended == PROMPT_CALLER_GONE:
             return self._abandon()  # the hang-up event follows (or the socket closes)
         if digit is None and ev.ended == PROMPT_INTERRUPTED:
-            return self._on_Failed(Failed("prompt-interrupted"))
+            # not silence; a hang-up usually follows in the same instant (capture s13): give it
+            # a moment to say so, then fail closed for the recording and open for the call
+            self._prompt_cut_short = True
+            return [StartTimer(PROMPT_GRACE_TIMER, PROMPT_GRACE_S)]
         if self._replays(digit):
             return self._prompt()
         if self.objection:
@@ -578,6 +585,9 @@ class ConsentCall:
         return out
 
     def _on_TimerFired(self, ev: TimerFired) -> list:
+        if ev.name == PROMPT_GRACE_TIMER and self._prompt_cut_short and not self.hung_up:
+            self._prompt_cut_short = False
+            return self._on_Failed(Failed("prompt-interrupted"))
         if ev.name != DECISION_DEADLINE_TIMER or self.hung_up:
             return []
         if self.outcome is None:

@@ -54,22 +54,30 @@ log = logging.getLogger(__name__)
 READ_SIZE = 65536
 UNCONFIRMED_SEAL_DELAY_S = 1.0  # no RECORD_STOP seen: give FreeSWITCH time to close the file
 EXIT_GRACE_S = 5.0  # after 'exit', FreeSWITCH closes at once; do not wait longer than this
-OBJECTION_READ_TIMEOUT_S = 0.5  # no answer by then: the call is not recorded (fail closed), the prompt starts
+TIMEOUT_TOLERANCE_MS = 100  # FreeSWITCH's timers run on 20 ms frames: a timeout is never this short
+OBJECTION_READ_TIMEOUT_S = 2.0  # no answer by then (a stuck database; a lock does not stop reads): not recorded, the prompt starts
 
 
 class SessionGone(Exception):
     """The socket closed."""
 
 
-def prompt_answer(tag: str, completion: esl.Event) -> consent.PromptAnswered:
+def prompt_answer(tag: str, completion: esl.Event, *, timeout_ms: int,
+                  prompt_played_at: int | None) -> consent.PromptAnswered:
     """What play_and_get_digits' CHANNEL_EXECUTE_COMPLETE says the caller answered.
 
-    The digit counts when ``read_result`` is ``success``. Without one, the completion
-    itself says whether the caller is still there: FreeSWITCH sets the channel's state
-    to hang-up and its cause before it fires CHANNEL_HANGUP, so a completion caused by
-    a hang-up carries ``Answer-State: hangup`` and a ``Hangup-Cause`` even when it wins
-    the race with that event. ``read_result`` ``failure``/``timeout`` with the caller
-    still there is the timeout running out after the whole prompt: silence.
+    The digit counts when ``read_result`` is ``success``. Without one, silence needs
+    proof that the caller heard the whole prompt and the timeout ran out with them on
+    the line; a real FreeSWITCH (captures s8, s13, ``pagd_hangup_race.txt``) shows:
+
+    * a completion caused by a hang-up usually carries ``Answer-State: hangup`` and a
+      ``Hangup-Cause`` (FreeSWITCH sets both before it fires CHANNEL_HANGUP), even when
+      it comes first;
+    * but one that wins the race inside the collection can look exactly like a timeout
+      (``answered``, ``read_result`` ``failure``): only its time tells. So the end of the
+      prompt's audio (``prompt_played_at``: the last PLAYBACK_STOP of this prompt, on
+      FreeSWITCH's clock, microseconds) must lie at least ``timeout_ms`` before the
+      completion, or it was cut short.
     """
     result = completion.get("variable_read_result")
     digit = completion.get(f"variable_{consent.PROMPT_VARIABLE}")
@@ -77,9 +85,20 @@ def prompt_answer(tag: str, completion: esl.Event) -> consent.PromptAnswered:
         return consent.PromptAnswered(tag, digit)
     if completion.get("Answer-State") == "hangup" or completion.get("Hangup-Cause"):
         return consent.PromptAnswered(tag, None, consent.PROMPT_CALLER_GONE)
-    if result in ("failure", "timeout"):
-        return consent.PromptAnswered(tag, None, consent.PROMPT_TIMED_OUT)
-    return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)
+    if result not in ("failure", "timeout"):
+        return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)
+    ended_at = _timestamp(completion)
+    if prompt_played_at is None or ended_at is None:
+        return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)  # no proof of a timeout
+    waited_ms = (ended_at - prompt_played_at) / 1000
+    if waited_ms < timeout_ms - TIMEOUT_TOLERANCE_MS:
+        return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)
+    return consent.PromptAnswered(tag, None, consent.PROMPT_TIMED_OUT)
+
+
+def _timestamp(ev: esl.Event) -> int | None:
+    value = ev.get("Event-Date-Timestamp")
+    return int(value) if value and value.isdigit() else None
 
 
 @dataclass
@@ -120,6 +139,7 @@ class CallSession:
     _deleted: set = field(default_factory=set)  # recording ids withdrawn in this call
     _sealed: set = field(default_factory=set)  # recording ids sent to be sealed
     _backlog: list = field(default_factory=list)  # what the wire yielded before the machine ran
+    _prompt_played_at: int | None = None  # FreeSWITCH's clock (us) when the running prompt's audio ended
     _lock: gevent.lock.RLock = field(default_factory=gevent.lock.RLock)
     _finished: bool = False
     _lingering: bool = False
@@ -192,7 +212,7 @@ class CallSession:
         connected = self._request(self._wire.send_connect, timeout)
         self.facts = CallFacts(uuid=connected.channel_uuid, started_at=ledger.utcnow())
         self._protect_caller(connected.headers.get("Caller-Caller-ID-Number", ""))
-        for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP CHANNEL_HOLD CHANNEL_UNHOLD"):
+        for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP CHANNEL_HOLD CHANNEL_UNHOLD PLAYBACK_STOP"):
             reply = self._request(lambda token, line=line: self._wire.send_command(line, token), timeout)
             if not reply.text.startswith("+OK"):
                 raise esl.ProtocolError(f"'{line}' was refused")
@@ -275,7 +295,9 @@ class CallSession:
                     callback(item)
             case Completed(token=tag, event=ev):
                 if tag in self._prompts:
-                    self._feed(prompt_answer(tag, ev))
+                    played, self._prompt_played_at = self._prompt_played_at, None
+                    self._feed(prompt_answer(tag, ev, timeout_ms=self.ctx.policy.timeout_ms,
+                                             prompt_played_at=played))
                 else:
                     self._feed(consent.AppCompleted(tag))
             case ChannelEvent(event=ev):
@@ -310,6 +332,10 @@ class CallSession:
             else:
                 discarded = ev.get("variable_RECORD_DISCARDED") == "true"
                 self._feed(consent.RecordStopped(rid, discarded))
+        elif name == "PLAYBACK_STOP":
+            # the prompt's own audio, not the invalid-input file played after a failed collection
+            if ev.get("Playback-File-Path") != consent.PROMPT_INVALID_FILE:
+                self._prompt_played_at = _timestamp(ev)
         elif name == "CHANNEL_ANSWER":
             self.facts.answered_at = ledger.utcnow()
         elif name == "CHANNEL_BRIDGE":

@@ -86,7 +86,7 @@ class Summary:
 
 def run_simulation(host: str, port: int, *, spool_dir: Path, calls: int, concurrency: int,
                    scenario: str = "mix", time_scale: float = 1.0, opt_in: bool = False,
-                   chaos=None) -> Summary:
+                   chaos=None, call_timeout: float = 30.0) -> Summary:
     """``chaos``: the emulator's WireChaos (None: from the environment, on by default)."""
     import gevent.pool
 
@@ -100,7 +100,7 @@ def run_simulation(host: str, port: int, *, spool_dir: Path, calls: int, concurr
         name = names[i % len(names)]
         number = f"06{10000000 + i % 90000000:08d}"
         try:
-            result = emulator.place_call(caller_script(name, number, time_scale))
+            result = emulator.place_call(caller_script(name, number, time_scale), timeout=call_timeout)
         except Exception as exc:  # noqa: BLE001 - a failed call is a figure, not a crash
             summary.errors.append(f"{name}: {type(exc).__name__}")
             return

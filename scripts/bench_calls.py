@@ -3,9 +3,18 @@
 
 Prints, for fs-consent and for a bare greenswitch app doing the same call flow
 without consent bookkeeping (the peer), measured in the same run:
-calls/s, errors, peak RSS of the server process (with its seal workers), and
-p50/p99 from the caller's digit or timeout to the record_session command. For
-fs-consent also p50/p99 from a withdrawal (control socket) to the plaintext gone.
+calls/s, errors, handshake drops (calls the server let go before the prompt), peak
+RSS of the server process (with its seal workers), p50/p99 from the caller's digit
+or timeout to the record_session command (decision), and from the connection to the
+prompt's command (prompt start). For fs-consent also p50/p99 from a withdrawal
+(control socket) to the plaintext gone, and the ledger lag: from the caller's
+hang-up to the call's outcome and end being in the ledger (read by a poller).
+
+The emulator's wire is unruly by default (events before replies, frames split,
+races; ``--seed`` replays a run, ``--polite`` turns it off). ``--busy`` keeps one
+core busy with another process; ``--lock-ledger S`` holds the ledger's write lock
+from another process for S seconds in the middle of the run (prompt start is then
+also given for the calls that arrived during the lock).
 
 Everything talks to 127.0.0.1 and stops by itself.
 """
@@ -14,14 +23,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gevent
@@ -29,7 +41,7 @@ import gevent.pool
 import psutil
 
 from fs_consent.control import request
-from fs_consent.emulator import CallerScript, FreeSwitchEmulator
+from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
 from fs_consent.scenarios import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,12 +128,87 @@ class Server:
 NOTES = ("without Event-UUID",)  # the emulator's remarks on greenswitch's wire layout, not failures
 
 
-def drive(port: int, spool: Path, calls: int, rate: float, talk: float, withdraw_every: int,
-          control_socket: Path | None):
+@dataclass
+class Run:
+    """What one server did with the offered calls."""
+
+    name: str
+    wall: float = 0.0
+    peak_live: int = 0
+    errors: list = field(default_factory=list)
+    drops: int = 0  # handshake drops: the call never reached the prompt
+    decisions: list = field(default_factory=list)
+    prompt_starts: list = field(default_factory=list)
+    prompt_starts_locked: list = field(default_factory=list)  # calls that arrived while the ledger was locked
+    withdrawals: list = field(default_factory=list)
+    ledger_lag: list = field(default_factory=list)
+    missing_in_ledger: int = 0
+    peak_rss: int = 0
+    leftovers: int = 0
+    hung_up: dict = field(default_factory=dict)  # uuid -> wall clock of the caller's hang-up
+
+
+class LedgerPoller:
+    """Reads the server's SQLite ledger (read-only) every ``period`` s: when each call's
+    outcome and end first appear. Runs its reads in a native thread, not on this hub."""
+
+    def __init__(self, db: Path, period: float = 0.1):
+        self.db, self.period, self.seen = db, period, {}
+        self._pool = gevent.get_hub().threadpool
+        self._greenlet = gevent.spawn(self._run)
+
+    def _read(self) -> list[str]:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=0.5)
+        try:
+            return [row[0] for row in conn.execute(
+                "SELECT uuid FROM call WHERE outcome IS NOT NULL AND ended_at IS NOT NULL")]
+        finally:
+            conn.close()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                uuids = self._pool.apply(self._read)
+            except sqlite3.Error:
+                uuids = []
+            now = time.time()
+            for u in uuids:
+                self.seen.setdefault(u, now)
+            gevent.sleep(self.period)
+
+    def stop(self, settle: float = 10.0, expected: set | None = None) -> None:
+        deadline = time.time() + settle
+        while expected and not expected <= set(self.seen) and time.time() < deadline:
+            gevent.sleep(self.period)
+        self._greenlet.kill()
+
+
+class LedgerLock:
+    """Another process holding the ledger's write lock (BEGIN EXCLUSIVE) for ``seconds``."""
+
+    CODE = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30);"
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(float(sys.argv[2]));"
+            "c.execute('COMMIT')")
+
+    def __init__(self, db: Path, seconds: float):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, str(db), str(seconds)],
+                                     stdout=subprocess.PIPE, text=True)
+        self.proc.stdout.readline()
+        self.since, self.until = time.time(), time.time() + seconds
+
+
+def busy_core() -> subprocess.Popen:
+    """Another process keeping one core busy, as on a shared machine."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def drive(port: int, spool: Path, run: Run, *, calls: int, rate: float, talk: float, withdraw_every: int,
+          control_socket: Path | None, chaos, ledger_db: Path | None, lock_seconds: float):
     """Calls arrive at ``rate`` per second (evenly spaced, like a steady queue), each talks ``talk`` s."""
-    emulator = FreeSwitchEmulator("127.0.0.1", port, spool_dir=spool, time_scale=0.1, linger_timeout=10)
-    latencies, withdrawals, errors = [], [], []
-    live = [0, 0]  # now, peak
+    emulator = FreeSwitchEmulator("127.0.0.1", port, spool_dir=spool, time_scale=0.1, linger_timeout=10,
+                                  chaos=chaos)
+    live = [0]
+    lock: list[LedgerLock] = []
 
     def one(i: int):
         digit = "1" if i % 5 == 0 else None  # one caller in five refuses
@@ -130,26 +217,34 @@ def drive(port: int, spool: Path, calls: int, rate: float, talk: float, withdraw
         watcher = None
         if control_socket is not None and digit is None and i % withdraw_every == 1:
             watcher = gevent.spawn(withdraw_when_recording, call_uuid)
+        arrived = time.time()
         live[0] += 1
-        live[1] = max(live)
+        run.peak_live = max(run.peak_live, live[0])
         try:
             result = emulator.place_call(script, uuid=call_uuid, timeout=talk + 60)
         except Exception as exc:  # noqa: BLE001
-            errors.append(type(exc).__name__)
+            run.errors.append(type(exc).__name__)
             return
         finally:
             live[0] -= 1
-        errors.extend(e for e in result.errors if not any(note in e for note in NOTES))
+        run.errors.extend(e for e in result.errors if not any(note in e for note in NOTES))
+        if result.prompt_latency is None:
+            run.drops += 1
+        else:
+            run.prompt_starts.append(result.prompt_latency)
+            if lock and lock[0].since <= arrived <= lock[0].until:
+                run.prompt_starts_locked.append(result.prompt_latency)
         if result.decision_latency is not None:
-            latencies.append(result.decision_latency)
+            run.decisions.append(result.decision_latency)
+        if result.hung_up_at is not None:
+            run.hung_up[call_uuid] = result.hung_up_at
         if watcher is not None:
             watcher.join(timeout=5)
 
     def withdraw_when_recording(call_uuid: str):
         started = time.time()
         while time.time() - started < talk + 30:
-            files = list(spool.glob("*.wav"))
-            if files:
+            if list(spool.glob("*.wav")):
                 break
             gevent.sleep(0.05)
         gevent.sleep(talk / 3)
@@ -158,16 +253,27 @@ def drive(port: int, spool: Path, calls: int, rate: float, talk: float, withdraw
         reply = gevent.get_hub().threadpool.apply(request, (control_socket, {"op": "withdraw", "call_uuid": call_uuid,
                                                                               "actor": "bench"}))
         if reply.get("ok") and reply.get("live"):
-            withdrawals.append(time.perf_counter() - t0)
+            run.withdrawals.append(time.perf_counter() - t0)
 
+    poller = LedgerPoller(ledger_db) if ledger_db is not None else None
     group = gevent.pool.Group()
     started = time.perf_counter()
     for i in range(calls):
         gevent.sleep(max(0.0, started + i / rate - time.perf_counter()))
+        if lock_seconds and ledger_db is not None and not lock and i >= calls // 3:
+            lock.append(LedgerLock(ledger_db, lock_seconds))
         group.spawn(one, i)
     group.join()
-    wall = time.perf_counter() - started
-    return wall, latencies, withdrawals, errors, live[1]
+    run.wall = time.perf_counter() - started
+    if poller is not None:
+        poller.stop(expected=set(run.hung_up))
+        for call_uuid, hung_up in run.hung_up.items():
+            if call_uuid in poller.seen:
+                run.ledger_lag.append(max(0.0, poller.seen[call_uuid] - hung_up))
+            else:
+                run.missing_in_ledger += 1
+    if lock:
+        lock[0].proc.wait(timeout=lock_seconds + 30)
 
 
 def fmt_ms(values: list[float], p: float) -> str:
@@ -183,60 +289,90 @@ def main() -> None:
                         "(rate x call length = concurrent calls: 50/s x ~20 s = ~1,000)")
     parser.add_argument("--withdraw-every", type=int, default=20, help="every Nth call is withdrawn mid-call")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--polite", action="store_true", help="the emulator's wire in order (no interleaving)")
+    parser.add_argument("--seed", type=int, default=None, help="the emulator's wire disorder (default: random)")
+    parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
+    parser.add_argument("--lock-ledger", type=float, default=0.0, metavar="S",
+                        help="hold the ledger's write lock from another process for S seconds, a third into the run")
     args = parser.parse_args()
 
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="fs-consent-bench-") as tmp:
-        tmp = Path(tmp)
-        data = tmp / "data"
-        port = free_port()
-        config = tmp / "config.toml"
-        config.write_text("[server]\nmax_calls = 5000\n")
-        env = {**os.environ, "FS_CONSENT_DATA_DIR": str(data)}
-        server = Server([sys.executable, "-m", "fs_consent.cli", "--config", str(config), "serve", "--listen",
-                         f"127.0.0.1:{port}", "--log-level", "warning"], env, "fs-consent listening on", port)
-        try:
-            wall, lat, wd, errors, peak = drive(port, data / "spool", args.calls, args.rate, args.talk,
-                                                args.withdraw_every, data / "control.sock")
-        finally:
-            server.stop()
-        leftovers = list((data / "spool").iterdir())
-        rows.append(("fs-consent", wall, lat, wd, errors, server.peak_rss, leftovers, peak))
-
-        if not args.skip_peer:
-            peer_spool = tmp / "peer-spool"
-            peer_spool.mkdir()
-            peer_script = tmp / "peer.py"
-            peer_script.write_text(PEER_APP)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    chaos = WireChaos.off() if args.polite else WireChaos(seed)
+    burner = busy_core() if args.busy else None
+    runs = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="fs-consent-bench-") as tmp:
+            tmp = Path(tmp)
+            data = tmp / "data"
             port = free_port()
-            peer = Server([sys.executable, str(peer_script), str(port), str(peer_spool)], dict(os.environ), None, port)
+            config = tmp / "config.toml"
+            config.write_text("[server]\nmax_calls = 5000\n")
+            env = {**os.environ, "FS_CONSENT_DATA_DIR": str(data)}
+            server = Server([sys.executable, "-m", "fs_consent.cli", "--config", str(config), "serve", "--listen",
+                             f"127.0.0.1:{port}", "--log-level", "warning"], env, "fs-consent listening on", port)
+            ours = Run("fs-consent")
             try:
-                wall, lat, wd, errors, peak = drive(port, peer_spool, args.calls, args.rate, args.talk,
-                                                    args.withdraw_every, None)
+                drive(port, data / "spool", ours, calls=args.calls, rate=args.rate, talk=args.talk,
+                      withdraw_every=args.withdraw_every, control_socket=data / "control.sock", chaos=chaos,
+                      ledger_db=data / "ledger.db", lock_seconds=args.lock_ledger)
             finally:
-                peer.stop()
-            rows.append(("bare greenswitch", wall, lat, wd, errors, peer.peak_rss, [], peak))
+                server.stop()
+            ours.peak_rss, ours.leftovers = server.peak_rss, len(list((data / "spool").iterdir()))
+            runs.append(ours)
 
-    print(f"{args.calls} calls arriving at {args.rate:g}/s, {args.talk:.1f} s talk each, {os.cpu_count()} CPUs; "
-          f"one caller in five refuses; every {args.withdraw_every}th is withdrawn mid-call")
-    print(f"{'server':18} {'calls/s':>8} {'peak live':>9} {'errors':>6} {'peak RSS MB':>11} {'dec p50 ms':>10} "
-          f"{'dec p99 ms':>10} {'wd p50 ms':>9} {'wd p99 ms':>9} {'spool left':>10}")
-    for name, wall, lat, wd, errors, rss, leftovers, peak in rows:
-        print(f"{name:18} {args.calls / wall:8.1f} {peak:9d} {len(errors):6d} {rss / 2**20:11.1f} "
-              f"{fmt_ms(lat, 50):>10} {fmt_ms(lat, 99):>10} {fmt_ms(wd, 50):>9} {fmt_ms(wd, 99):>9} "
-              f"{len(leftovers):10d}")
-        for error in sorted(set(errors))[:5]:
+            if not args.skip_peer:
+                peer_spool = tmp / "peer-spool"
+                peer_spool.mkdir()
+                peer_script = tmp / "peer.py"
+                peer_script.write_text(PEER_APP)
+                port = free_port()
+                peer = Server([sys.executable, str(peer_script), str(port), str(peer_spool)], dict(os.environ), None,
+                              port)
+                theirs = Run("bare greenswitch")
+                try:
+                    drive(port, peer_spool, theirs, calls=args.calls, rate=args.rate, talk=args.talk,
+                          withdraw_every=args.withdraw_every, control_socket=None, chaos=chaos, ledger_db=None,
+                          lock_seconds=0.0)
+                finally:
+                    peer.stop()
+                theirs.peak_rss = peer.peak_rss
+                runs.append(theirs)
+    finally:
+        if burner is not None:
+            burner.kill()
+
+    print(f"{args.calls} calls arriving at {args.rate:g}/s, {args.talk:.1f} s talk each, {os.cpu_count()} CPUs"
+          f"{', one kept busy by another process' if args.busy else ''}; one caller in five refuses; every "
+          f"{args.withdraw_every}th is withdrawn mid-call; wire {chaos.describe()}"
+          f"{f'; ledger locked {args.lock_ledger:g} s a third into the run' if args.lock_ledger else ''}")
+    print(f"{'server':17} {'calls/s':>7} {'live':>5} {'err':>4} {'drops':>5} {'RSS MB':>7} {'dec p50':>7} "
+          f"{'dec p99':>7} {'prompt p50':>10} {'prompt p99':>10} {'wd p50':>6} {'wd p99':>6} {'lag p50':>7} "
+          f"{'lag p99':>7} {'unledgered':>10} {'spool':>5}")
+    for r in runs:
+        print(f"{r.name:17} {args.calls / r.wall:7.1f} {r.peak_live:5d} {len(r.errors):4d} {r.drops:5d} "
+              f"{r.peak_rss / 2**20:7.1f} {fmt_ms(r.decisions, 50):>7} {fmt_ms(r.decisions, 99):>7} "
+              f"{fmt_ms(r.prompt_starts, 50):>10} {fmt_ms(r.prompt_starts, 99):>10} {fmt_ms(r.withdrawals, 50):>6} "
+              f"{fmt_ms(r.withdrawals, 99):>6} {fmt_ms(r.ledger_lag, 50):>7} {fmt_ms(r.ledger_lag, 99):>7} "
+              f"{r.missing_in_ledger if r.name == 'fs-consent' else '-':>10} {r.leftovers:5d}")
+        for error in sorted(set(r.errors))[:5]:
             print(f"  error: {error}")
-    if len(rows) == 2:
-        ours, peer = rows
-        print(f"ratio fs-consent / greenswitch: calls/s {(args.calls / ours[1]) / (args.calls / peer[1]):.2f}, "
-              f"decision p99 {percentile(ours[2], 99) / percentile(peer[2], 99):.2f}" if ours[2] and peer[2] else "")
-    print("dec = caller's digit or timeout -> record_session command; wd = withdrawal request -> plaintext gone "
-          "(the control socket answers after the unlink)")
+    if args.lock_ledger:
+        locked = runs[0].prompt_starts_locked
+        print(f"prompt start of the {len(locked)} calls that arrived while the ledger was locked: "
+              f"p50 {fmt_ms(locked, 50)} ms, p99 {fmt_ms(locked, 99)} ms")
+    if len(runs) == 2 and runs[0].decisions and runs[1].decisions:
+        ours, peer = runs
+        print(f"ratio fs-consent / greenswitch: calls/s {peer.wall / ours.wall:.2f}, decision p99 "
+              f"{percentile(ours.decisions, 99) / percentile(peer.decisions, 99):.2f}, prompt start p99 "
+              f"{percentile(ours.prompt_starts, 99) / percentile(peer.prompt_starts, 99):.2f}")
+    print("ms throughout. dec = caller's digit or timeout -> record_session command; prompt = connection -> the "
+          "prompt's command; wd = withdrawal request -> plaintext gone (the control socket answers after the "
+          "unlink); lag = caller's hang-up -> outcome and end in the ledger (polled every 0.1 s); drops = calls "
+          "let go before the prompt; unledgered = hung-up calls whose outcome never reached the ledger")
 
 
 if __name__ == "__main__":

@@ -121,9 +121,21 @@ def test_a_refusal_pressed_just_before_hanging_up_still_counts():
     assert c.Decide(c.REFUSED, c.BY_KEY) in out and of(out, c.WithdrawEarlierCalls)
 
 
-def test_a_prompt_cut_short_without_a_hangup_is_an_error_not_silence():
+def test_a_prompt_cut_short_waits_a_moment_for_the_hangup_that_usually_follows():
+    """Capture s13: a completion that looks like a timeout but came too early; CHANNEL_HANGUP
+    follows within milliseconds. It is abandoned, not silence."""
     call = new_call()
     out = call.handle(c.PromptAnswered(start(call), None, c.PROMPT_INTERRUPTED))
+    assert out == [c.StartTimer(c.PROMPT_GRACE_TIMER, c.PROMPT_GRACE_S)]
+    out = call.handle(c.HungUp()) + call.handle(c.TimerFired(c.PROMPT_GRACE_TIMER))
+    assert of(out, c.Decide) == [c.Decide(c.ABANDONED, c.BY_HANGUP)]
+    assert of(out, c.StartRecording) == [] and of(out, c.Execute) == []
+
+
+def test_a_prompt_cut_short_without_a_hangup_is_an_error_not_silence():
+    call = new_call()
+    call.handle(c.PromptAnswered(start(call), None, c.PROMPT_INTERRUPTED))
+    out = call.handle(c.TimerFired(c.PROMPT_GRACE_TIMER))
     assert of(out, c.Decide) == [c.Decide(c.ERROR, c.BY_FAILURE)]
     assert of(out, c.StartRecording) == []
     assert [cmd.app for cmd in of(out, c.Execute)] == ["execute_extension"]  # on into the menu
@@ -373,7 +385,8 @@ EVENTS = st.one_of(
     st.just(c.AgentWithdraw()), st.just(c.WithdrawRequested()), st.just(c.AgentFlag()),
     st.just(c.RecordStarted(RID)), st.builds(c.RecordStopped, st.just(RID), st.booleans()),
     st.just(c.Held()), st.just(c.Unheld()), st.just(c.HungUp()), st.just(c.Disconnected()),
-    st.just(c.TimerFired(c.DECISION_DEADLINE_TIMER)), st.just(c.Failed("x")),
+    st.just(c.TimerFired(c.DECISION_DEADLINE_TIMER)), st.just(c.TimerFired(c.PROMPT_GRACE_TIMER)),
+    st.just(c.Failed("x")),
 )
 
 

@@ -77,8 +77,6 @@ SCRIPTS = {
     "s7_park_caller_no_digit.outbound": CallerScript(digits=[None]),
     "s8_caller_hangup_during_pagd.outbound": CallerScript(hangup_in_prompt=True),
     "s9_digit_pressed_event_uuid.outbound": CallerScript(digits=["1"]),
-    "s10_event_between_command_and_reply.outbound": CallerScript(digits=[None], caller_name="Test00039"),
-    "s11_event_with_previous_reply.outbound": CallerScript(digits=[None], caller_name="Test00023"),
     "dtmf_probe/probe_recv_a.outbound": CallerScript(digits=[None]),
     "dtmf_probe/probe_recv_b.outbound": CallerScript(
         digits=["1"], dtmf_source="APP", record_keys=[(0.05, "5")]
@@ -97,20 +95,6 @@ SCRIPTS = {
 
 #: Captures no caller can produce, so no replay.
 NOT_REPLAYED = {
-    "s13_pagd_complete_before_hangup.outbound": "a hang-up during the collection timeout that FreeSWITCH "
-    "reports as a completion first (the race of pagd_hangup_race.txt); the emulator has no such caller yet",
-    "s14_pagd_hangup_during_collection.outbound": "a hang-up after the prompt audio, during the collection "
-    "timeout (read_result failure); CallerScript.hangup_in_prompt hangs up during the audio",
-    "s15_pagd_timeout_then_hangup.outbound": "after the timeout the app waits and the caller hangs up; "
-    "CallerScript has no caller who hangs up after the prompt outside a bridge",
-    "s16_agent_star2_meta_app.outbound": "the staff phone's keys with and without ~, the caller's *1 and "
-    "uuid_record stop come from a control connection at chosen moments; CallerScript cannot time them",
-    "s17_hold_bridged_recording.outbound": "uuid_hold / uuid_hold off / uuid_hold toggle on a loopback leg "
-    "(two CHANNEL_HOLD, no CHANNEL_UNHOLD); the emulator's hold sends HOLD then UNHOLD",
-    "s18_transfer_to_bridge.outbound": "a transfer out of the socket application; the emulator has no transfer",
-    "s19_transfer_no_bridge.outbound": "a transfer to an extension that does not bridge; the emulator has no transfer",
-    "s20_fs_consent_killed_mid_prompt.outbound": "the app (fs-consent) is killed: the capture ends with the app's close",
-    "s21_fs_consent_killed_mid_conversation.outbound": "the app (fs-consent) is killed: the capture ends with the app's close",
     "dtmf_probe/probe_send_b.outbound": "uuid_send_dtmf on the socket leg itself sends DTMF "
     "towards the caller (last_dtmf_duration); a caller never does that",
     "s16_agent_star2_meta_app.outbound": "the staff legs S_a/S_b (uuid_getvar bridge_to, the ~ of "

@@ -35,6 +35,7 @@ _CALLING = {
     "CHANNEL_UNBRIDGE": ("switch_ivr_bridge.c", "switch_ivr_multi_threaded_bridge", "0"),
     "CHANNEL_HOLD": ("switch_channel.c", "switch_channel_perform_mark_hold", "0"),
     "CHANNEL_UNHOLD": ("switch_channel.c", "switch_channel_perform_mark_hold", "0"),
+    "PLAYBACK_STOP": ("switch_ivr_play_say.c", "switch_ivr_play_file", "2020"),
 }
 
 #: Events whose channel data carries no variables (as captured).
@@ -42,14 +43,24 @@ _NO_VARIABLES = {"DTMF", "CHANNEL_STATE"}
 
 
 class Core:
-    """The switch itself: identity headers and the global event sequence."""
+    """The switch itself: identity headers, the global event sequence, and its clock.
 
-    def __init__(self, core_uuid: str) -> None:
+    The clock runs ``1 / time_scale`` times faster than the wall clock, as the app's
+    timers do (``time_scale``): durations between events' ``Event-Date-Timestamp`` are
+    what a real FreeSWITCH would show for the same timers.
+    """
+
+    def __init__(self, core_uuid: str, time_scale: float = 1.0) -> None:
         self.core_uuid = core_uuid
         self._sequence = itertools.count(1)
+        self._scale = time_scale
+        self._epoch_us, self._mono = now_us(), time.monotonic()
+
+    def now_us(self) -> int:
+        return self._epoch_us + round((time.monotonic() - self._mono) / self._scale * 1_000_000)
 
     def headers(self, name: str) -> list[tuple[str, str]]:
-        stamp = now_us()
+        stamp = self.now_us()
         seconds = stamp / 1_000_000
         calling_file, function, line = _CALLING[name]
         return [

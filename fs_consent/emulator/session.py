@@ -815,16 +815,19 @@ class CallSession:
         channel.call_state = "ACTIVE"
         channel.vars.set("endpoint_disposition", "ANSWER")
 
-    def _play(self, stop_after: float | None = None) -> bool:
-        """Play one file for the script's prompt time, or until a key at ``stop_after``
-        seconds; False if the call hung up (or our leg is unlinked from the caller: then
-        it fails at once)."""
+    def _play(self, file: str, stop_after: float | None = None) -> bool:
+        """Play one file for the script's prompt time (a ``silence_stream://N`` for its N ms
+        on the switch's clock), or until a key at ``stop_after`` seconds; False if the call
+        hung up (or our leg is unlinked from the caller: then it fails at once). Ends with
+        PLAYBACK_STOP, as switch_ivr_play_file does, whatever stopped it."""
         started = time.monotonic()
         queued, self._dtmf_queue = self._dtmf_queue, ""
         for digit in queued:  # playing reads DTMF: keys queued since a transfer come out now
             self._dtmf(digit, self._script.dtmf_source)
-        length_ms = round(self._script.prompt_seconds * 1000)
-        until = self._script.prompt_seconds
+        silence = re.fullmatch(r"silence_stream://(\d+)", file or "")
+        seconds = self._scaled(silence.group(1)) if silence else self._script.prompt_seconds
+        length_ms = int(silence.group(1)) if silence else round(seconds * 1000)
+        until = seconds
         if stop_after is not None:
             until = min(until, max(0.0, stop_after))
         played = not self._link_lost.is_set() and self._sleep(until)
@@ -836,10 +839,12 @@ class CallSession:
             ("playback_samples", str(length_ms * 8)),
         ]:
             self.channel.vars.set(name, value)
+        status = "break" if played and until < seconds else "done"
+        self._emit("PLAYBACK_STOP", after=[("Playback-File-Path", file or ""), ("Playback-Status", status)])
         return played
 
     def _app_playback(self, _arg: str | None) -> None:
-        if self._play():
+        if self._play(_arg or ""):
             self.channel.vars.set("current_application_response", "FILE PLAYED")
 
     def _app_play_and_get_digits(self, arg: str | None) -> None:
@@ -870,7 +875,7 @@ class CallSession:
                 self._spawn_after(script.hangup_after_digits, self._caller_hangup)
 
     def _get_digits(self, args: list[str], digit: str | None, wait: float) -> None:
-        minimum, _maximum, tries, _timeout, terminators, _file, invalid, var, regexp = args[:9]
+        minimum, _maximum, tries, _timeout, terminators, prompt, invalid, var, regexp = args[:9]
         transfer = args[10] if len(args) > 10 else None
         script = self._script
         variables = self.channel.vars
@@ -879,7 +884,7 @@ class CallSession:
             variables.set("read_result", None)
             if var:
                 variables.set(var, None)
-            if not self._play(script.digit_after if digit is not None else None):
+            if not self._play(prompt, script.digit_after if digit is not None else None):
                 return
             if digit is not None:
                 self._dtmf(digit, script.digit_source or script.dtmf_source)
@@ -904,7 +909,7 @@ class CallSession:
                 if var:
                     variables.set(var, collected)
                 return
-            if invalid and not self._play():
+            if invalid and not self._play(invalid):
                 return
         if transfer:
             self.result.errors.append(f"play_and_get_digits failed and transferred the call to '{transfer}'")

@@ -58,7 +58,7 @@ class FreeSwitchEmulator:
             log.info("emulator %s (FS_CONSENT_EMULATOR_SEED=%s replays it)", chaos.describe(), chaos.seed)
         self.host = host
         self.port = port
-        self._core = Core(core_uuid or str(uuidlib.uuid4()))
+        self._core = Core(core_uuid or str(uuidlib.uuid4()), time_scale)
         self._settings = Settings(
             spool_dir=Path(spool_dir),
             linger=linger,
