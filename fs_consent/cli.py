@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import sys
 from pathlib import Path
 
@@ -9,17 +11,20 @@ import click
 
 from . import __version__, logs
 from .cli_access import legal_claim_option
-from .cli_types import format_option
+from .cli_ledger import DEFAULT_LOCK_TIMEOUT, MAX_LOCK_TIMEOUT
+from .cli_types import Duration, format_option
 from .output import render
 from .scenarios import SCENARIO_NAMES
 
 
 class Context:
-    """Loads the configuration once, opens the ledger on demand."""
+    """Loads the configuration once, opens the ledger on demand (``cli_ledger``: never creates one)."""
 
-    def __init__(self, config_path: Path | None, data_dir: Path | None, log_level: str | None = None):
+    def __init__(self, config_path: Path | None, data_dir: Path | None, log_level: str | None = None,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
         self.config_path, self.data_dir = config_path, data_dir
         self.log_level = log_level  # the main group's --log-level: logging set up for any command
+        self.lock_timeout = lock_timeout  # seconds a command waits for another process's lock on the ledger
         self._config = None
         self._db_open = False
 
@@ -35,17 +40,23 @@ class Context:
                 logs.setup(self.log_level, self._config.logging.format)
         return self._config
 
-    def ledger(self):
+    def ledger(self, *, create: bool = False):
+        """The ledger module, bound to the configured database: an existing ledger only (an
+        older schema is upgraded, said on stderr), unless ``create`` (``keys init``)."""
         from . import ledger
-        from .migrations import SchemaError
+        from .cli_ledger import open_ledger
 
         if not self._db_open:
-            try:  # an older schema is upgraded here (said on stderr); a newer one is refused
-                ledger.open_database(self.config().storage.database, announce=lambda m: click.echo(m, err=True))
-            except SchemaError as exc:
-                raise click.ClickException(str(exc)) from None
+            open_ledger(self.config(), lock_timeout=self.lock_timeout, create=create,
+                        announce=lambda m: click.echo(m, err=True))
             self._db_open = True
         return ledger
+
+    def check_data_dir(self) -> None:
+        """For the commands that create the data dir: one line if it is a file or unreadable."""
+        from .cli_ledger import check_data_dir
+
+        check_data_dir(self.config())
 
     def vault(self):
         from . import keys
@@ -56,24 +67,73 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+log = logging.getLogger("fs_consent.cli")  # not __name__: it is __main__ under python -m
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CliGroup(click.Group):
+    """The main group: whatever a command did not handle becomes one line, never a traceback.
+
+    A database error about the ledger file (locked, damaged) says so (``cli_ledger.explain``);
+    anything else names only the exception's type, since its message may hold a personal
+    value (a number being looked up); ``--log-level debug`` logs the traceback.
+    """
+
+    def invoke(self, click_ctx):
+        try:
+            return super().invoke(click_ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                raise  # click's main() handles a closed pipe (`fs-consent calls list | head`)
+            raise _one_line(click_ctx.obj, exc) from None
+
+
+def _one_line(ctx, exc: Exception) -> click.ClickException:
+    from .cli_ledger import explain
+
+    config = getattr(ctx, "_config", None)
+    message = explain(exc, config, ctx.lock_timeout) if config is not None else None
+    log.debug("the command failed: %s", type(exc).__name__, exc_info=exc)
+    if message is None:
+        reason = f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else ""
+        message = f"unexpected {type(exc).__name__}{reason}; run with --log-level debug for details"
+    return click.ClickException(message)
+
+
+def _lock_timeout(_click_ctx, _param, value):
+    if value > MAX_LOCK_TIMEOUT:
+        raise click.BadParameter(f"at most {MAX_LOCK_TIMEOUT:g} s (1h), got {value:g} s")
+    return value
+
+
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="FS_CONSENT_CONFIG",
               help="TOML config file (env FS_CONSENT_CONFIG). Without one, embedded defaults apply.")
-@click.option("--data-dir", type=click.Path(path_type=Path), envvar="FS_CONSENT_DATA_DIR",
-              help="Data directory: database, keys, store, spool (env FS_CONSENT_DATA_DIR).")
+@click.option("--data-dir", type=click.Path(path_type=Path, readable=False), envvar="FS_CONSENT_DATA_DIR",
+              help="Data directory: database, keys, store, spool (env FS_CONSENT_DATA_DIR). Only serve "
+                   "and keys init create it; the other commands refuse one without a ledger.")
 @click.option("--log-level", type=click.Choice(logs.LEVELS), default=None,
               help="Log from this level up, one structured line per record on stderr (any command).")
+@click.option("--lock-timeout", type=Duration(), default="10s", show_default=True, envvar="FS_CONSENT_LOCK_TIMEOUT",
+              callback=_lock_timeout, metavar="DURATION",
+              help="How long a command waits while another process holds the SQLite ledger's write lock, "
+                   "then gives up (env FS_CONSENT_LOCK_TIMEOUT; e.g. 500ms, 30s; at most 1h).")
 @click.version_option(__version__, prog_name="fs-consent")
 @click.pass_context
-def main(click_ctx, config_path, data_dir, log_level):
+def main(click_ctx, config_path, data_dir, log_level, lock_timeout):
     """fs-consent: ask every caller for recording consent, record only with it,
     delete on withdrawal, encrypt every recording at rest.
 
     Start with `fs-consent serve`, then `fs-consent simulate` to see calls go through.
+
+    \b
+    Exit status: 0 done; 1 failed (one line on stderr says why: also a ledger
+    that is damaged or locked by another process, a failed check); 2 a usage
+    error, or no ledger where --data-dir (or storage.database) says, or a data
+    dir that is not a directory. Nothing is created then.
     """
-    click_ctx.obj = Context(config_path, data_dir, log_level)
+    click_ctx.obj = Context(config_path, data_dir, log_level, lock_timeout)
     if log_level:
         logs.setup(log_level)  # the config's logging.format applies once it is loaded
 
@@ -95,6 +155,7 @@ def serve(ctx: Context, listen, log_level):
     from .server import ConsentServer
 
     config = ctx.config(**({"listen": listen} if listen else {}))
+    ctx.check_data_dir()
     logs.setup(log_level or ctx.log_level or config.logging.level, config.logging.format)
     server = ConsentServer(config, announce=logs.announce)
     try:
@@ -125,6 +186,7 @@ def keys_init(ctx: Context, force):
     from . import keys
 
     keys_dir = Path(ctx.config().storage.keys_dir)
+    ctx.check_data_dir()
     try:
         created = keys.init_keys(keys_dir, force=force)
     except keys.KeyFileError as exc:
@@ -422,7 +484,7 @@ def accept_data_options_everywhere(group: click.Group) -> None:
         command.params += [
             click.Option(["--config", "config_path"], type=click.Path(path_type=Path), expose_value=False,
                          callback=remember("config_path"), help="TOML config file (as before the command)."),
-            click.Option(["--data-dir"], type=click.Path(path_type=Path), expose_value=False,
+            click.Option(["--data-dir"], type=click.Path(path_type=Path, readable=False), expose_value=False,
                          callback=remember("data_dir"), help="Data directory (as before the command)."),
         ]
 

@@ -203,13 +203,17 @@ def compliance_command(ctx, identity, retention_grace, spool_grace):
     One line per check, `OK|FAIL name: detail`; exits 1 if any check fails, so it can
     run from a timer or a monitoring system.
     """
+    from .cli_ledger import LedgerMissing
     from .compliance import Options, run_checks
 
     config = ctx.config()
     try:
         ctx.ledger()
+    except LedgerMissing:
+        raise  # a wrong --data-dir is not a compliance result: exit 2, as for every command
     except Exception as exc:
-        click.echo(f"FAIL database: cannot open the ledger: {exc}")
+        message = exc.format_message() if isinstance(exc, click.ClickException) else exc
+        click.echo(f"FAIL database: cannot open the ledger: {message}")
         sys.exit(1)
     failed = False
     for result in run_checks(config, Options(identity=identity, retention_grace=retention_grace,
@@ -231,7 +235,7 @@ def _audit_keys_init(command: click.Command) -> None:
         result = original(*args, **kwargs)
         ctx = click.get_current_context().obj
         try:
-            ledger = ctx.ledger()
+            ledger = ctx.ledger(create=True)  # keys init may make the ledger (serve would)
             audit.record_keys(Path(ctx.config().storage.keys_dir), actor=ledger.os_user(), via="keys init")
         except Exception as exc:  # the keys are written; say why the trail does not show it yet
             click.echo(f"warning: the key change is not in the audit trail yet ({exc}); the server records "

@@ -51,6 +51,8 @@ SOUNDS_DIR = "/usr/share/freeswitch/sounds/fs-consent"
 DATABASE_SCHEMES = ("sqlite", "postgres", "postgresql", "postgresext", "postgresqlext", "psycopg3")
 ENV_CONFIG = "FS_CONSENT_CONFIG"
 ENV_DATA_DIR = "FS_CONSENT_DATA_DIR"
+MIN_BACKLOG = 1024  # server.backlog's default is max(server.max_calls, this)
+MAX_BACKLOG = 65535
 
 
 class ConfigError(Exception):
@@ -78,6 +80,7 @@ class ServerConfig:
     max_calls: int
     drain_seconds: float
     handshake_timeout: float
+    backlog: int  # listen(2) backlog; default max(max_calls, 1024), capped by net.core.somaxconn
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,8 @@ def _build(v: dict[str, object]) -> Config:
             "config key consent.aggression_key: must differ from consent.agent_withdraw_key "
             f"(both are {consent['agent_withdraw_key']!r})"
         )
+    if v["server.backlog"] is None:  # the default follows max_calls: a burst of calls must fit
+        v = {**v, "server.backlog": max(v["server.max_calls"], MIN_BACKLOG)}
     return Config(
         server=section(ServerConfig, "server"),
         storage=section(StorageConfig, "storage"),
@@ -327,6 +332,11 @@ def _integer(low: int, high: int):
         return raw
 
     return parse
+
+
+def _backlog(raw, base):
+    """The listen backlog; None (the default) becomes max(max_calls, MIN_BACKLOG) in ``_build``."""
+    return None if raw is None else _integer(1, MAX_BACKLOG)(raw, base)
 
 
 def _duration(low: float, high: float | None):
@@ -596,6 +606,7 @@ _SCHEMA: dict = {
         "max_calls": _Key(_integer(1, 100_000), 2000),
         "drain_seconds": _Key(_duration(0, 3600), 30.0, format_duration),
         "handshake_timeout": _Key(_duration(0.1, 60), 5.0, format_duration),
+        "backlog": _Key(_backlog, None),
     },
     "storage": {
         "data_dir": _Key(_path, None),  # default: default_data_dir()

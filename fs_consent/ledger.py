@@ -270,13 +270,15 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def open_database(url: str, *, migrate: bool = True, announce: Callable[[str], None] | None = None) -> None:
+def open_database(url: str, *, migrate: bool = True, announce: Callable[[str], None] | None = None,
+                  busy_timeout: float = 5.0) -> None:
     """Bind the models to ``url``; create the schema of a new database, upgrade an older one.
 
     A database newer than this code raises ``migrations.SchemaTooNew`` (nothing changed); a
     failed upgrade step raises ``migrations.MigrationFailed`` (the database stays at the
     version before it). With ``migrate=False`` nothing is created or changed (a missing
     SQLite file is a ``migrations.SchemaError``): for checks that only read the version.
+    ``busy_timeout``: how long (seconds) SQLite waits for another process's lock.
     """
     from . import migrations
 
@@ -290,7 +292,7 @@ def open_database(url: str, *, migrate: bool = True, announce: Callable[[str], N
             str(path),
             lock_type="IMMEDIATE",  # writers queue at BEGIN, never fail on upgrade
             pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1,
-                     "busy_timeout": 5000},
+                     "busy_timeout": int(busy_timeout * 1000)},
         )
     else:
         db = connect_url(url)

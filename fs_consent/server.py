@@ -271,6 +271,14 @@ class ServerContext:
                     "(locked or unavailable); the withdrawal is queued and will be done when it can"}
 
 
+def somaxconn() -> int | None:
+    """The kernel's cap on a listen backlog (Linux), or None where it cannot be read."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def parse_listen(listen) -> tuple[str, int]:
     if isinstance(listen, tuple):
         return listen
@@ -304,7 +312,10 @@ class ConsentServer:
             log.info("spool recovery: sealed=%d deleted=%d", len(report.sealed), len(report.deleted))
         self.control = ControlServer(Path(self.config.storage.data_dir) / "control.sock", self.ctx.handle_control)
         self.control.start()
-        self.listener = StreamServer(parse_listen(self.config.server.listen), self._handle,
+        backlog = self.config.server.backlog  # a burst of calls waits in the kernel, never dropped unseen
+        if backlog > (cap := somaxconn() or backlog):
+            log.warning("server.backlog %d is capped by the kernel to %d (sysctl net.core.somaxconn)", backlog, cap)
+        self.listener = StreamServer(parse_listen(self.config.server.listen), self._handle, backlog=backlog,
                                      spawn=gevent.pool.Pool(self.config.server.max_calls + 64))
         self.listener.start()  # binding errors surface here as OSError, not sys.exit
         self.checkpointer = audit.Checkpointer(self.ctx.writer, Path(self.config.storage.keys_dir))

@@ -49,6 +49,7 @@ def test_defaults_without_any_file(tmp_path, env):
     )
     assert (config.server.max_calls, config.server.drain_seconds) == (2000, 30.0)
     assert config.server.handshake_timeout == 5.0
+    assert config.server.backlog == 2000  # max(max_calls, 1024)
     storage = config.storage
     assert storage.data_dir == data
     assert (storage.spool_dir, storage.store_dir, storage.keys_dir) == (
@@ -74,6 +75,18 @@ def test_defaults_without_any_file(tmp_path, env):
     assert (config.menu.app, config.menu.arg) == ("execute_extension", "menu XML default")
     assert config.recording == type(config.recording)(True, True, True)
     assert config.logging.level == "info"
+
+
+@pytest.mark.parametrize("text, backlog", [
+    ("[server]\nmax_calls = 4", 1024),  # a small max_calls still gets room for a burst
+    ("[server]\nmax_calls = 5000", 5000),  # a large one: every call it may take fits the queue
+    ("[server]\nmax_calls = 4\nbacklog = 16", 16),  # an explicit value is taken as it is
+    ("[server]\nbacklog = 65535", 65535),
+])
+def test_backlog_defaults_to_max_calls_or_1024(tmp_path, env, text, backlog):
+    config = load_text(tmp_path, env, text)
+    assert config.server.backlog == backlog
+    assert ("server.backlog", str(backlog)) in config.describe()
 
 
 def test_config_is_immutable(env):
@@ -233,6 +246,11 @@ def test_bad_duration_message(tmp_path, env):
         ("[server]\nallowed_peers = []", r"^config key server\.allowed_peers: expected a list"),
         ('[server]\nallowed_peers = "127.0.0.1"', r"^config key server\.allowed_peers: expected a list"),
         ("[server]\nhandshake_timeout = 0", r"^config key server\.handshake_timeout: expected a duration from 100ms to 1m"),
+        ("[server]\nbacklog = 0", r"^config key server\.backlog: expected a whole number from 1 to 65535, got 0$"),
+        ("[server]\nbacklog = 65536", r"^config key server\.backlog: expected a whole number from 1 to 65535"),
+        ('[server]\nbacklog = "1024"', r"^config key server\.backlog: expected a whole number"),
+        ("[server]\nbacklog = true", r"^config key server\.backlog: expected a whole number"),
+        ("[server]\nbacklog = 1024.0", r"^config key server\.backlog: expected a whole number"),
         ('[storage]\ndatabase = "mysql://u@h/db"', r"^config key storage\.database: unsupported database scheme 'mysql'"),
         ('[storage]\ndatabase = "ledger.db"', r"^config key storage\.database: expected a database URL"),
         ('[storage]\ndata_dir = ""', r"^config key storage\.data_dir: expected a directory path"),
@@ -297,7 +315,7 @@ def test_unreadable_file(tmp_path, env):
 def test_describe_lists_every_key(env):
     rows = load_config(env=env).describe()
     names = [name for name, _ in rows]
-    assert len(names) == len(set(names)) == 42
+    assert len(names) == len(set(names)) == 43
     shown = dict(rows)
     assert shown["server.listen"] == "127.0.0.1:8040"
     assert shown["server.allowed_peers"] == "127.0.0.1, ::1"
