@@ -65,16 +65,55 @@ def audit_group():
     """The tamper-evident audit trail: verify it, export it, checkpoint it."""
 
 
+def _server_state(data_dir: Path) -> tuple[str, str]:
+    """Whether a server runs on this data dir: ``running``, ``stopped`` or ``unknown``, and why.
+
+    Something listens on the control socket: running. No socket file, or nothing listens on
+    it (left by a crash): stopped. Anything else (permission denied): unknown.
+    """
+    import socket
+
+    path = data_dir / "control.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(3)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        return "stopped", f"nothing listens on {path}"
+    except OSError as exc:
+        return "unknown", f"cannot tell from {path}: {exc.strerror or exc}"
+    finally:
+        sock.close()
+    return "running", f"the server listens on {path}"
+
+
 @audit_group.command("verify")
 @click.option("--public-key", "public_keys", multiple=True, metavar="ed25519:BASE64",
               help="Trust checkpoints signed by this key (repeatable). Default: the installation's "
                    "signing key, when this user can read keys/signing.key.")
 @click.option("--pin", "pins", multiple=True, metavar="SEQ:HASH",
               help="A head kept outside the system (an earlier export, the log): entry SEQ must have HASH.")
+@click.option("--witness", "witnesses", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              metavar="FILE",
+              help="Checkpoint heads kept outside the database (repeatable): the [audit] witness_file, or the "
+                   "server's journal lines (journalctl -u fs-consent | grep fs-consent-audit-witness). Every "
+                   "witnessed checkpoint must be in the trail with the same hash.")
+@click.option("--server-state", type=click.Choice(("auto", "running", "stopped")), default="auto",
+              show_default=True,
+              help="Whether the server is running. auto: asks the data dir's control socket (a server on "
+                   "another host, with a PostgreSQL ledger, is not seen: say running).")
 @click.pass_obj
-def audit_verify(ctx, public_keys, pins):
+def audit_verify(ctx, public_keys, pins, witnesses, server_state):
     """Check the whole trail: the hash chain from genesis, every checkpoint's signature,
-    and that each checkpointed head is still in the chain at its seq.
+    that each checkpointed head is still in the chain at its seq, and that the trail does
+    not stop short of a due checkpoint.
+
+    The server signs a checkpoint at every start, every [audit] checkpoint_every_entries
+    entries or checkpoint_every, and at every clean shutdown. So: with the server stopped,
+    its last run must end with a shutdown checkpoint (else it crashed, or the trail was
+    cut); while it runs, a due checkpoint may be at most checkpoint_grace late; a start
+    after a crash must record the unclean stop (it passes, with a note). A cut back to an
+    earlier clean shutdown, checkpoints included, shows only against --witness or --pin.
 
     Names the first bad entry (edited, deleted, inserted, reordered, cut off) and exits 1
     on any fault. Reads in batches: memory stays flat.
@@ -82,7 +121,8 @@ def audit_verify(ctx, public_keys, pins):
     from . import keys
 
     ctx.ledger()
-    keys_dir = Path(ctx.config().storage.keys_dir)
+    config = ctx.config()
+    keys_dir = Path(config.storage.keys_dir)
     try:
         trusted = audit.trusted_keys(keys_dir, tuple(public_keys))
     except keys.KeyFileError as exc:
@@ -95,17 +135,30 @@ def audit_verify(ctx, public_keys, pins):
         if not seq.isdigit() or len(head) != 64:
             raise click.BadParameter(f"expected SEQ:HASH (64 hex digits), got {pin!r}", param_hint="--pin")
         pinned[int(seq)] = head.lower()
+    heads = []
+    for path in witnesses:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as stream:
+                heads += list(audit.read_witness(stream, str(path)))
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint="--witness") from None
+        except audit.WitnessError as exc:
+            raise click.BadParameter(str(exc), param_hint="--witness") from None
+    state, why = (server_state, "as told") if server_state != "auto" else _server_state(Path(config.storage.data_dir))
     with progress(audit.count_entries, "verifying the audit trail") as update:
-        result = audit.verify_trail(trusted, pins=pinned, progress=update)
-    if result.ok:
-        click.echo(f"OK: {result.summary()}")
-        return
-    click.echo(f"FAIL: {result.summary()}")
-    for fault in sorted(result.faults, key=lambda f: f.seq):
-        click.echo(f"  {fault}")
-    if result.more_faults:
-        click.echo(f"  ... and {result.more_faults} more")
-    sys.exit(1)
+        result = audit.verify_trail(trusted, pins=pinned, progress=update, policy=audit.DuePolicy.from_config(config),
+                                    server_state=state, witness=heads if witnesses else None)
+    click.echo(f"{'OK' if result.ok else 'FAIL'}: {result.summary()}")
+    if not result.ok:
+        for fault in sorted(result.faults, key=lambda f: f.seq):
+            click.echo(f"  {fault}")
+        if result.more_faults:
+            click.echo(f"  ... and {result.more_faults} more")
+    for line in result.details():
+        click.echo(f"  {line}")
+    click.echo(f"  server state: {state} ({why})")
+    if not result.ok:
+        sys.exit(1)
 
 
 @audit_group.command("export")
@@ -136,7 +189,8 @@ def audit_export(ctx, since, until, fmt, out):
 @audit_group.command("checkpoint")
 @click.pass_obj
 def audit_checkpoint(ctx):
-    """Sign the current head of the trail now (the server also does so periodically)."""
+    """Sign the current head of the trail now (a "manual" checkpoint; the server signs one at
+    start, when one is due and at shutdown). Witnessed like the server's ([audit] witness_file)."""
     from . import keys
 
     ledger = ctx.ledger()
@@ -144,10 +198,12 @@ def audit_checkpoint(ctx):
         key = keys.load_signing_key(Path(ctx.config().storage.keys_dir))
     except keys.KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
-    checkpoint = audit.write_checkpoint(key, ledger.os_user())
+    checkpoint = audit.write_checkpoint(key, ledger.os_user(), "manual")
     if checkpoint is None:
         click.echo("the audit trail is empty: nothing to checkpoint")
         return
+    if not audit.publish_checkpoint(checkpoint, ctx.config().audit.witness_file):
+        click.echo(f"warning: the witness file {ctx.config().audit.witness_file} was not written", err=True)
     click.echo(f"checkpoint #{checkpoint.id}: entry {checkpoint.seq} has hash {checkpoint.head_hash}; "
                f"signed by {checkpoint.public_key}")
 

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from fs_consent.durations import format_duration, parse_duration
 
 __all__ = [
+    "AuditConfig",
     "Config",
     "ConfigError",
     "ConsentConfig",
@@ -149,6 +150,19 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """When the server signs the audit trail's head (audit.py) and where it witnesses it."""
+
+    checkpoint_every_entries: int  # a checkpoint is due after this many new entries...
+    checkpoint_every: float  # ... or this many seconds after the last one, if anything is new
+    checkpoint_grace: float  # how late a due checkpoint may be before `audit verify` fails
+    witness_file: Path | None  # each checkpoint's head is appended here too (None: not kept)
+
+
+_AUDIT_DEFAULTS = AuditConfig(1000, 300.0, 60.0, None)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     storage: StorageConfig
@@ -158,6 +172,7 @@ class Config:
     logging: LoggingConfig
     retention: RetentionConfig
     freeswitch: FreeSwitchConfig
+    audit: AuditConfig = _AUDIT_DEFAULTS
     config_file: Path | None = None  # the file that was read, if any
 
     def describe(self) -> list[tuple[str, str]]:
@@ -308,6 +323,7 @@ def _build(v: dict[str, object]) -> Config:
         logging=section(LoggingConfig, "logging"),
         retention=section(RetentionConfig, "retention"),
         freeswitch=section(FreeSwitchConfig, "freeswitch"),
+        audit=section(AuditConfig, "audit"),
     )
 
 
@@ -570,6 +586,15 @@ def _secret(raw, base) -> str | None:
     return raw or None
 
 
+def _optional_path(raw, base) -> Path | None:
+    """A file path; "" means not configured."""
+    if raw == "":
+        return None
+    if not isinstance(raw, str) or "\x00" in raw:
+        raise ValueError(f'expected a file path, or "" for none, got {_brief(raw)}')
+    return _path(raw, base)
+
+
 def _show_optional(value: object) -> str:
     return "(not set)" if value is None else str(value)
 
@@ -656,6 +681,12 @@ _SCHEMA: dict = {
     "freeswitch": {
         "inbound": _Key(_optional_address, "", _show_optional),
         "password": _Key(_secret, "", _show_secret),
+    },
+    "audit": {
+        "checkpoint_every_entries": _Key(_integer(1, 1_000_000), 1000),
+        "checkpoint_every": _Key(_duration(1, 86400), "5m", format_duration),
+        "checkpoint_grace": _Key(_duration(0, 86400), "1m", format_duration),
+        "witness_file": _Key(_optional_path, "", _show_optional),
     },
 }
 

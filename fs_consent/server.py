@@ -306,7 +306,7 @@ class ConsentServer:
         from . import audit  # before the database opens: registers the checkpoint table
 
         self.ctx.open()
-        audit.record_startup(self.config)  # configuration and key changes since the last start
+        audit.record_startup(self.config)  # server.start, then configuration and key changes since the last start
         report = self.ctx.recover_spool()
         if report.sealed or report.deleted:
             log.info("spool recovery: sealed=%d deleted=%d", len(report.sealed), len(report.deleted))
@@ -318,8 +318,8 @@ class ConsentServer:
         self.listener = StreamServer(parse_listen(self.config.server.listen), self._handle, backlog=backlog,
                                      spawn=gevent.pool.Pool(self.config.server.max_calls + 64))
         self.listener.start()  # binding errors surface here as OSError, not sys.exit
-        self.checkpointer = audit.Checkpointer(self.ctx.writer, Path(self.config.storage.keys_dir))
-        self.checkpointer.start()
+        self.checkpointer = audit.Checkpointer.from_config(self.ctx.writer, self.config)
+        self.checkpointer.start()  # a startup checkpoint signs the start record and what recovery wrote
 
     def _allowed(self, host: str) -> bool:
         try:

@@ -318,9 +318,12 @@ def test_start_up_records_configuration_and_key_changes(tmp_path):
         entries = [e for e in ledger.AuditEntry.select().order_by(ledger.AuditEntry.seq)
                    if e.action != "audit.checkpoint"]
         assert [(e.actor, e.action) for e in entries] == [
-            ("server", "config.initial"), ("server", "keys.change"), ("server", "config.change")]
-        changed = json.loads(entries[2].detail)["changed"]
+            ("server", "server.start"), ("server", "config.initial"), ("server", "keys.change"),
+            ("server", "server.start"), ("server", "server.start"), ("server", "config.change")]
+        changed = json.loads(entries[5].detail)["changed"]
         assert changed == {"consent.mode": {"from": "opt-out", "to": "opt-in"}}
+        starts = [json.loads(e.detail) for e in entries if e.action == "server.start"]
+        assert [s["previous"] for s in starts] == ["none", "clean", "clean"]
     finally:
         ledger.close_database()
 
