@@ -14,6 +14,9 @@ SCENARIOS = {
     "grant-key": (dict(digits=["2"]), None, "granted"),  # opt-out: 2 is "another digit", replayed
     "other-digit": (dict(digits=["5", None]), "granted", "refused"),
     "hangup-in-prompt": (dict(hangup_in_prompt=True), None, None),
+    # after the prompt, while waiting for the digit: the emulator's wire chaos may make the prompt
+    # complete like a timeout before CHANNEL_HANGUP (s13); still a hang-up, not silence (DESIGN §7)
+    "hangup-in-timeout": (dict(hangup_in_timeout=True), None, None),
     "caller-withdraw": (dict(digits=[None], caller_keys=[(0.1, "*1")]), "withdrawn", "refused"),
     "agent-withdraw": (dict(digits=[None], agent_keys=[(0.1, "*2")]), "withdrawn", "refused"),
     "hold": (dict(digits=[None], hold=[(0.05, 0.1)]), "granted", "refused"),

@@ -17,10 +17,10 @@ import pytest
 from gevent import socket  # the server runs in this process: a blocking socket would stall it
 
 from fs_consent import esl, ledger
-from fs_consent.emulator import CallerScript, FreeSwitchEmulator
+from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
 from fs_consent.server import ConsentServer
 
-from .e2e import Harness, age_decrypt, sha256
+from .e2e import TIME_SCALE, Harness, age_decrypt, sha256
 
 
 @pytest.fixture
@@ -102,6 +102,20 @@ def test_another_digit_replays_the_prompt_then_silence_counts(harness):
     result = harness.call(digits=["5", None])
     assert apps(result).count("play_and_get_digits") == 2
     assert harness.call_row(result.uuid).outcome == "granted"
+
+
+@pytest.mark.parametrize("completion_first", [False, True], ids=["hangup-first", "completion-first"])
+def test_hangup_while_waiting_for_the_digit_is_abandoned(harness, completion_first):
+    """s14: CHANNEL_HANGUP, then the completion; s13: the completion first, header for header a
+    timeout's, then the socket app returns, then CHANNEL_HANGUP.  Both are a hang-up, not silence."""
+    host, port = harness.server.address
+    harness.emulator = FreeSwitchEmulator(
+        host, port, spool_dir=harness.spool, time_scale=TIME_SCALE,
+        chaos=WireChaos.only(completion_before_hangup=1.0 if completion_first else 0.0))
+    result = harness.call(hangup_in_timeout=True)
+    assert "record_session" not in apps(result) and "execute_extension" not in apps(result)
+    assert harness.call_row(result.uuid).outcome == "abandoned"
+    assert_no_trace(harness, result.uuid)
 
 
 def test_hangup_during_the_prompt_is_abandoned(harness):

@@ -77,6 +77,8 @@ SCRIPTS = {
     "s7_park_caller_no_digit.outbound": CallerScript(digits=[None]),
     "s8_caller_hangup_during_pagd.outbound": CallerScript(hangup_in_prompt=True),
     "s9_digit_pressed_event_uuid.outbound": CallerScript(digits=["1"]),
+    "s10_event_between_command_and_reply.outbound": CallerScript(digits=[None], caller_name="Test00039"),
+    "s11_event_with_previous_reply.outbound": CallerScript(digits=[None], caller_name="Test00023"),
     "dtmf_probe/probe_recv_a.outbound": CallerScript(digits=[None]),
     "dtmf_probe/probe_recv_b.outbound": CallerScript(
         digits=["1"], dtmf_source="APP", record_keys=[(0.05, "5")]
@@ -84,10 +86,8 @@ SCRIPTS = {
     "dtmf_probe/probe_send_a.outbound": CallerScript(digits=["1"], record_keys=[(0.05, "5")]),
     "greenswitch/gs-outbound-1": CallerScript(digits=["1"]),
     "greenswitch/gs-outbound-2": CallerScript(digits=[None]),
-    # issue 10 (scripts/fs-capture): fs-consent's handshake and play_and_get_digits layout
-    # (from the 80-call rounds: each caller has a name of its own)
-    "s10_event_between_command_and_reply.outbound": CallerScript(digits=[None], caller_name="Test00039"),
-    "s11_event_with_previous_reply.outbound": CallerScript(digits=[None], caller_name="Test00023"),
+    # issue 10 (scripts/fs-capture): fs-consent's handshake and play_and_get_digits layout;
+    # s13 is the hang-up that completes the prompt like a timeout (WireChaos, forced by the replay)
     "s13_pagd_complete_before_hangup.outbound": CallerScript(hangup_in_timeout=True),
     "s14_pagd_hangup_during_collection.outbound": CallerScript(hangup_in_timeout=True),
     "s15_pagd_timeout_then_hangup.outbound": CallerScript(digits=[None], hangup_after_digits=0.05),
@@ -95,21 +95,17 @@ SCRIPTS = {
 
 #: Captures no caller can produce, so no replay.
 NOT_REPLAYED = {
+    "s16_agent_star2_meta_app.outbound": "the staff phone's keys with and without ~, the caller's *1 and "
+    "uuid_record stop come from a control connection at chosen moments; CallerScript cannot time them",
+    "s17_hold_bridged_recording.outbound": "uuid_hold / uuid_hold off / uuid_hold toggle on a loopback leg "
+    "(two CHANNEL_HOLD, no CHANNEL_UNHOLD); the emulator's hold sends HOLD then UNHOLD",
+    "s18_transfer_to_bridge.outbound": "a transfer out of the socket application; the emulator has no transfer",
+    "s19_transfer_no_bridge.outbound": "a sendmsg transfer to an extension that does not bridge; the emulator "
+    "has no transfer app (CallerScript.transfer_without_bridge gives its effect on the caller's keys)",
+    "s20_fs_consent_killed_mid_prompt.outbound": "the app (fs-consent) is killed: the capture ends with the app's close",
+    "s21_fs_consent_killed_mid_conversation.outbound": "the app (fs-consent) is killed: the capture ends with the app's close",
     "dtmf_probe/probe_send_b.outbound": "uuid_send_dtmf on the socket leg itself sends DTMF "
     "towards the caller (last_dtmf_duration); a caller never does that",
-    "s16_agent_star2_meta_app.outbound": "the staff legs S_a/S_b (uuid_getvar bridge_to, the ~ of "
-    "uuid_send_dtmf) and the menu's own bridge events are not emulated; the emulator's agent_keys "
-    "play the ~*2 case",
-    "s17_hold_bridged_recording.outbound": "uuid_hold on a loopback leg (CHANNEL_HOLD twice, never "
-    "UNHOLD, B stops reading) is not emulated; hold comes from CallerScript.hold",
-    "s18_transfer_to_bridge.outbound": "sendmsg transfer and the new extension's apps are not "
-    "emulated; the menu is execute_extension",
-    "s19_transfer_no_bridge.outbound": "sendmsg transfer is not emulated; "
-    "CallerScript.transfer_without_bridge gives its effect (caller keys queued, no DTMF event)",
-    "s20_fs_consent_killed_mid_prompt.outbound": "recorded through a proxy in front of a killed "
-    "fs-consent: the app's side ends mid-call, which the replay's gates cannot follow",
-    "s21_fs_consent_killed_mid_conversation.outbound": "recorded through a proxy in front of a "
-    "killed fs-consent, bridged to staff by the dialplan: not a replayable app",
 }
 
 
