@@ -87,6 +87,10 @@ class CallResult:
     exited: bool = False
     errors: list[str] = field(default_factory=list)
     decision_latency: float | None = None
+    #: from the connection to the consent prompt's command (None: the prompt never came)
+    prompt_latency: float | None = None
+    #: wall clock (time.time()) of CHANNEL_HANGUP, for the ledger lag
+    hung_up_at: float | None = None
     duration: float = 0.0
     #: The call's wire-disorder decisions (a ``CallChaos``; ``str()`` of it says what happened).
     chaos: object = None

@@ -162,7 +162,7 @@ class CallSession:
 
     def run(self) -> CallResult:
         """Serve the connection until it closes; every greenlet ends with it."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self._greenlets.spawn(self._read_loop)
         self._runner = self._greenlets.spawn(self._run_apps)
         try:
@@ -421,6 +421,8 @@ class CallSession:
             self.result.executed.append((app, arg))
             if event_uuid is None:
                 self.result.errors.append(f"sendmsg execute '{app}' without Event-UUID")
+            if app == "play_and_get_digits" and self.result.prompt_latency is None:
+                self.result.prompt_latency = time.monotonic() - self._started
             if app == "record_session" and self._last_decision is not None:
                 if self.result.decision_latency is None:
                     self.result.decision_latency = time.monotonic() - self._last_decision
@@ -614,6 +616,7 @@ class CallSession:
         channel.answer_state = "hangup"
         channel.set_state("CS_HANGUP")
         self.result.hangup_cause = cause
+        self.result.hung_up_at = time.time()
         self._emit("CHANNEL_HANGUP")
         if not self._lingering() and not self._closed.is_set():
             self._goodbye()
