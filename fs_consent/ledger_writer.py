@@ -128,6 +128,13 @@ def _set_applied_seq(seq: int) -> None:
 def replay_journal(path: Path, vault) -> tuple[int, int]:
     """At start-up, before anything else writes: land what a crash left in the journal.
 
+    A fact the ledger cannot take now (locked by another process, full, unreachable) is
+    retried with backoff until it lands, as the writer does, and start-up waits for it: the
+    journal is emptied only once every fact in it is in the ledger (or failed by itself, and
+    was logged). Skipping it would empty the journal over a consent fact and every later
+    fact of its call. A start that waits longer than systemd allows is restarted and finds
+    the journal as it was.
+
     Returns (facts written, the highest seq seen), and empties the journal.
     """
     entries = Journal.read(path)
@@ -135,18 +142,35 @@ def replay_journal(path: Path, vault) -> tuple[int, int]:
     pending = [(seq, fact) for seq, fact in entries if seq > done]
     top = max([done] + [seq for seq, _ in entries])
     for seq, fact in pending:
-        try:
-            with ledger.database.atomic():
-                fact.apply(vault)
-                _set_applied_seq(seq)
-        except Exception as exc:  # noqa: BLE001 - said, and the rest still lands
-            log.error("ledger journal: fact %d (%s) could not be written: %s: %s", seq, fact.kind,
-                      type(exc).__name__, _first_line(exc))
+        _replay_one(seq, fact, vault)
     if pending:
         log.warning("ledger journal: %d consent facts a crash left unwritten are now in the ledger", len(pending))
     if path.exists():
         os.truncate(path, 0)
     return len(pending), top
+
+
+def _replay_one(seq: int, fact: Fact, vault) -> None:
+    attempt = 0
+    while True:
+        try:
+            with ledger.database.atomic():
+                fact.apply(vault)
+                _set_applied_seq(seq)
+        except UNAVAILABLE as exc:
+            if attempt == 0:
+                log.error("ledger journal: the ledger cannot take fact %d (%s) now (%s: %s); start-up waits "
+                          "and retries until it can", seq, fact.kind, type(exc).__name__, _first_line(exc))
+            gevent.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - said, and the rest still lands
+            log.error("ledger journal: fact %d (%s) could not be written: %s: %s", seq, fact.kind,
+                      type(exc).__name__, _first_line(exc))
+            return
+        if attempt:
+            log.warning("ledger journal: fact %d landed after %d retries", seq, attempt)
+        return
 
 
 class LedgerWriter:

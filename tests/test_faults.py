@@ -276,3 +276,42 @@ def test_a_full_store_keeps_the_plaintext_waiting_then_seals_it_when_space_retur
         assert h.recordings_of(result.uuid)[0].state == ledger.SEALED
         assert sha256(age_decrypt(h.identity, store / f"{rid}.age")) == info.sha256
         assert os.listdir(store) == [f"{rid}.age"]
+
+
+# --- killed while the ledger is locked, restarted before it is free (found by scripts/soak.py) ------
+
+
+def test_a_restart_while_the_ledger_is_locked_waits_for_it_and_replays_every_fact(tmp_path):
+    """The journal holds the facts the lock kept out of the ledger; the server is killed and
+    started again while the lock is still held. Start-up must wait for the ledger, not skip
+    a fact that found it locked (SQLite's 5 s busy wait) and then empty the journal over it."""
+    server = ServerProcess(tmp_path, free_port())
+    server.start()
+    db = server.data / "ledger.db"
+    emulator = server.emulator()
+    lock = LockHolder(db)
+    try:
+        refused = emulator.place_call(CallerScript(digits=["1"]), timeout=30)  # served while locked
+        assert refused.channel_vars.get("fs_consent") == "refused"
+        server.stop(signal.SIGKILL)
+        assert "call.opened" in (server.data / "ledger.journal").read_text()  # only the journal has it
+        starting = gevent.spawn(server.start)
+        gevent.sleep(7)  # past SQLite's busy timeout: a fact given up on would be gone by now
+        assert not starting.ready()  # start-up waits for the ledger; FreeSWITCH's fallback meanwhile
+    finally:
+        lock.release()
+    starting.get(timeout=60)
+    try:
+        conn = sqlite3.connect(db)
+        rows = conn.execute("SELECT outcome, decided_by, ended_at, hangup_cause FROM call WHERE uuid = ?",
+                            (refused.uuid,)).fetchall()
+        events = conn.execute("SELECT kind, consent_event.outcome FROM consent_event JOIN call ON call.id = consent_event.call_id"
+                              " WHERE call.uuid = ?", (refused.uuid,)).fetchall()
+        conn.close()
+        assert len(rows) == 1, rows
+        outcome, by, ended_at, cause = rows[0]
+        assert (outcome, by, cause) == ("refused", "key", "NORMAL_CLEARING") and ended_at
+        assert events == [("decision", "refused")]
+    finally:
+        assert server.stop() == 0
+
