@@ -26,7 +26,7 @@ from fs_consent.emulator import CallerScript
 from fs_consent.server import ConsentServer
 
 from .e2e import Harness, age_decrypt, fs_consent, sha256
-from .test_e2e_process import ServerProcess, free_port, wait_for
+from .test_e2e_process import DATA, ServerProcess, free_port, wait_for
 
 
 @pytest.fixture
@@ -312,6 +312,41 @@ def test_a_restart_while_the_ledger_is_locked_waits_for_it_and_replays_every_fac
         outcome, by, ended_at, cause = rows[0]
         assert (outcome, by, cause) == ("refused", "key", "NORMAL_CLEARING") and ended_at
         assert events == [("decision", "refused")]
+    finally:
+        assert server.stop() == 0
+
+
+# --- what a full disk kept out of the journal, once it has room (found by scripts/soak.py) -----------
+
+
+def test_facts_a_full_disk_kept_in_memory_reach_the_journal_once_it_has_room(tmp_path, small_fs):
+    """While the data dir is full, neither the journal nor the ledger takes a call's facts;
+    once the disk has room they must be in the journal before the next fact, so a kill
+    before the ledger took them (here: it is locked) loses nothing."""
+    server = ServerProcess(tmp_path / "home", free_port())
+    (server.home / DATA).parent.mkdir(parents=True)
+    small_fs(f"home/{DATA}", "4m")
+    server.start()
+    db = server.data / "ledger.db"
+    emulator = server.emulator()
+    filler = fill(server.data)
+    during = emulator.place_call(CallerScript(digits=["1"]), timeout=30)  # in memory only: nowhere to write
+    lock = LockHolder(db)  # the ledger will not take them either once there is room
+    try:
+        filler.unlink()
+        after = emulator.place_call(CallerScript(digits=["1"]), timeout=30)
+        server.stop(signal.SIGKILL)
+    finally:
+        lock.release()
+    server.start()
+    try:
+        conn = sqlite3.connect(db)
+        for result in (during, after):
+            assert result.channel_vars.get("fs_consent") == "refused"
+            rows = conn.execute("SELECT outcome, decided_by, hangup_cause FROM call WHERE uuid = ?",
+                                (result.uuid,)).fetchall()
+            assert rows == [("refused", "key", "NORMAL_CLEARING")], result.uuid
+        conn.close()
     finally:
         assert server.stop() == 0
 
