@@ -56,7 +56,13 @@ JOURNAL_RESET_BYTES = 1 << 20  # emptied once everything in it has landed and it
 
 
 class Journal:
-    """Append-only lines ``<seq> <fact json>``, 0600; see the module docstring."""
+    """Append-only lines ``<seq> <fact json>``, 0600; see the module docstring.
+
+    A fact the disk refused (full) waits in memory and is written, in order, before the
+    next fact once the disk takes writes again, unless the ledger has it by then
+    (:meth:`landed`): so from that moment on a kill loses none of them. Only what the
+    ledger and the disk both refused meanwhile is in memory alone.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -66,13 +72,16 @@ class Journal:
             os.close(self._fd)
             raise PermissionError(f"{path} is readable by others (mode {mode:04o}); it must be 0600")
         self.failing: OSError | None = None
+        self._unwritten: list[tuple[int, Fact]] = []  # refused by the disk, not yet in the ledger
 
     def append(self, seq: int, fact: Fact) -> bool:
-        """Write one line; False (and nothing half-written left behind) when the disk refuses."""
-        line = f"{seq} {fact.to_json()}\n".encode()
+        """Write the line (after any the disk refused before); False, and nothing half-written
+        left behind, when the disk refuses."""
+        self._unwritten.append((seq, fact))
+        lines = b"".join(f"{s} {f.to_json()}\n".encode() for s, f in self._unwritten)
         size = os.fstat(self._fd).st_size
         try:
-            if os.write(self._fd, line) != len(line):
+            if os.write(self._fd, lines) != len(lines):
                 raise OSError(28, "short write")
         except OSError as exc:
             try:
@@ -85,9 +94,16 @@ class Journal:
             self.failing = exc
             return False
         if self.failing is not None:
-            log.warning("ledger journal %s can be written again", self.path)
+            log.warning("ledger journal %s can be written again (%d facts that waited in memory are in it now)",
+                        self.path, len(self._unwritten) - 1)
             self.failing = None
+        self._unwritten.clear()
         return True
+
+    def landed(self, seq: int) -> None:
+        """Every fact up to ``seq`` is in the ledger: none of them needs writing any more."""
+        if self._unwritten:
+            self._unwritten = [(s, f) for s, f in self._unwritten if s > seq]
 
     def sync(self) -> None:
         os.fsync(self._fd)
@@ -97,6 +113,7 @@ class Journal:
 
     def reset(self) -> None:
         os.ftruncate(self._fd, 0)
+        self._unwritten.clear()
 
     def close(self) -> None:
         os.close(self._fd)
@@ -128,6 +145,13 @@ def _set_applied_seq(seq: int) -> None:
 def replay_journal(path: Path, vault) -> tuple[int, int]:
     """At start-up, before anything else writes: land what a crash left in the journal.
 
+    A fact the ledger cannot take now (locked by another process, full, unreachable) is
+    retried with backoff until it lands, as the writer does, and start-up waits for it: the
+    journal is emptied only once every fact in it is in the ledger (or failed by itself, and
+    was logged). Skipping it would empty the journal over a consent fact and every later
+    fact of its call. A start that waits longer than systemd allows is restarted and finds
+    the journal as it was.
+
     Returns (facts written, the highest seq seen), and empties the journal.
     """
     entries = Journal.read(path)
@@ -135,18 +159,35 @@ def replay_journal(path: Path, vault) -> tuple[int, int]:
     pending = [(seq, fact) for seq, fact in entries if seq > done]
     top = max([done] + [seq for seq, _ in entries])
     for seq, fact in pending:
-        try:
-            with ledger.database.atomic():
-                fact.apply(vault)
-                _set_applied_seq(seq)
-        except Exception as exc:  # noqa: BLE001 - said, and the rest still lands
-            log.error("ledger journal: fact %d (%s) could not be written: %s: %s", seq, fact.kind,
-                      type(exc).__name__, _first_line(exc))
+        _replay_one(seq, fact, vault)
     if pending:
         log.warning("ledger journal: %d consent facts a crash left unwritten are now in the ledger", len(pending))
     if path.exists():
         os.truncate(path, 0)
     return len(pending), top
+
+
+def _replay_one(seq: int, fact: Fact, vault) -> None:
+    attempt = 0
+    while True:
+        try:
+            with ledger.database.atomic():
+                fact.apply(vault)
+                _set_applied_seq(seq)
+        except UNAVAILABLE as exc:
+            if attempt == 0:
+                log.error("ledger journal: the ledger cannot take fact %d (%s) now (%s: %s); start-up waits "
+                          "and retries until it can", seq, fact.kind, type(exc).__name__, _first_line(exc))
+            gevent.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - said, and the rest still lands
+            log.error("ledger journal: fact %d (%s) could not be written: %s: %s", seq, fact.kind,
+                      type(exc).__name__, _first_line(exc))
+            return
+        if attempt:
+            log.warning("ledger journal: fact %d landed after %d retries", seq, attempt)
+        return
 
 
 class LedgerWriter:
@@ -283,6 +324,8 @@ class LedgerWriter:
                     item.deliver()
                 elif isinstance(item, _FactWrite):
                     self._applied = max(self._applied, item.seq)
+            if self._journal is not None:
+                self._journal.landed(self._applied)
             self._maybe_reset_journal()
             return
 

@@ -79,6 +79,9 @@ class RecordingInfo:
 @dataclass
 class CallResult:
     uuid: str
+    #: The verb of every command the app sent, in order (``connect``, ``myevents``, ``sendmsg`` ...):
+    #: how far the app got with the call (an app killed during the handshake stops at ``connect``).
+    commands: list[str] = field(default_factory=list)
     executed: list[tuple[str, str | None]] = field(default_factory=list)
     api_commands: list[str] = field(default_factory=list)
     channel_vars: dict[str, str] = field(default_factory=dict)

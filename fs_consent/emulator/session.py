@@ -317,6 +317,7 @@ class CallSession:
     def _command(self, command: esl.Command) -> None:
         line = command.line.strip()
         verb, _, rest = line.partition(" ")
+        self.result.commands.append(verb)
         if not self._connected and verb != "connect":
             self.result.errors.append(f"'{verb}' sent before connect")
         handler = {
