@@ -17,6 +17,7 @@ import ipaddress
 import itertools
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,9 @@ log = logging.getLogger(__name__)
 
 RESTART_HANGUP_CAUSE = "UNKNOWN_FS_CONSENT_RESTART"  # the call was open when fs-consent stopped
 SEAL_RETRY_FIRST_S, SEAL_RETRY_MAX_S = 0.5, 30.0  # a store that cannot take a seal: backoff
-CONTROL_LEDGER_WAIT_S = 1.0  # a control request answers by then, whatever the ledger is doing
+CONTROL_LEDGER_WAIT_S = 1.0
+SPOOL_QUIET_S = 10.0  # unwritten this long: FreeSWITCH has closed it (it writes a running call every 2-4 s)
+SPOOL_SWEEP_S = 2.0  # a control request answers by then, whatever the ledger is doing
 
 
 def policy_from_config(config) -> consent.Policy:
@@ -140,26 +143,73 @@ class ServerContext:
         whose ciphertext is in the store and reads as a whole age file was sealed before
         the crash and is marked so (its plaintext, if still there, is deleted); a
         recording that has no ledger row at all is deleted, and the audit entry says why.
+
+        A spool file FreeSWITCH has not closed (its WAV header does not count the whole file)
+        and has written in the last ``SPOOL_QUIET_S`` is left alone: FreeSWITCH goes on
+        recording a bridged call whose socket app died (capture s21) until the caller hangs
+        up. :meth:`sweep_deferred` settles those once closed or quiet.
         """
+        report = self._settle_spool(lambda write: write(), ready=self._settled)
+        # recordings the crash left unsettled whose plaintext is gone (not merely still being written)
+        for rec in Recording.select().where(Recording.state == ledger.RECORDING):
+            if rec.id in report.deferred or self._mark_sealed_if_stored(rec):
+                continue
+            withdrawn = rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None
+            state, reason = (ledger.DELETED, "recovery") if withdrawn else (ledger.FAILED, "lost-in-crash")
+            Recording.update(state=state, state_reason=reason).where(Recording.id == rec.id).execute()
+        self._end_interrupted_calls()
+        return report
+
+    def sweep_deferred(self, deferred: list[str]) -> None:
+        """Runs beside the calls: settle each deferred spool file once FreeSWITCH stopped writing it."""
+        waiting = set(deferred)
+        while waiting:
+            gevent.sleep(SPOOL_SWEEP_S)
+            report = self._settle_spool(lambda write: self.writer.call(write, timeout=None),
+                                        ready=lambda path, waiting=waiting: path.name[:-4] in waiting
+                                        and self._settled(path))
+            waiting -= set(report.sealed) | set(report.deleted)
+            waiting &= {path.name[:-4] for path in self.spool_dir.glob("*.wav")}
+            if report.sealed or report.deleted:
+                log.info("spool: settled %d recordings written after the crash: sealed=%d deleted=%d",
+                         len(report.sealed) + len(report.deleted), len(report.sealed), len(report.deleted))
+
+    @staticmethod
+    def _settled(path: Path) -> bool:
+        """Closed by FreeSWITCH (its header counts the whole file), or unwritten for a while."""
+        if spool.wav_closed(path):
+            return True
+        try:
+            return time.time() - path.stat().st_mtime >= SPOOL_QUIET_S
+        except FileNotFoundError:
+            return False
+
+    def _settle_spool(self, db, *, ready) -> spool.RecoveryReport:
+        """Seal or delete the spool's recordings that are ``ready``; ``db(write)`` runs a ledger
+        write (directly at start-up, through the writer's thread beside live calls)."""
         now = ledger.utcnow()
 
         def decide(recording_id: str) -> str:
-            rec = Recording.get_or_none(Recording.id == recording_id)
-            if rec is not None and self._mark_sealed_if_stored(rec):
-                return "delete"  # sealed before the crash: the plaintext is a leftover
-            keep = (rec is not None and rec.state in (ledger.RECORDING, ledger.FAILED)
-                    and rec.call.outcome == consent.GRANTED and rec.call.withdrawn_at is None)
-            return "seal" if keep else "delete"
+            def read() -> str:
+                rec = Recording.get_or_none(Recording.id == recording_id)
+                if rec is not None and self._mark_sealed_if_stored(rec):
+                    return "delete"  # sealed before the crash: the plaintext is a leftover
+                keep = (rec is not None and rec.state in (ledger.RECORDING, ledger.FAILED)
+                        and rec.call.outcome == consent.GRANTED and rec.call.withdrawn_at is None)
+                return "seal" if keep else "delete"
+            return db(read)
 
         def seal(path: Path, recording_id: str) -> None:
             sealed = self.vault.seal(path, recording_id)
-            Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=sealed.size,
-                             sha256=sealed.sha256).where(Recording.id == recording_id).execute()
-            ledger.append_audit("server", "recording.seal", "recording", recording_id, recovered=True)
-            holds.hold_flagged(recording_id)
 
-        report = spool.recover(self.spool_dir, decide, seal)
-        for recording_id in report.deleted:
+            def write() -> None:
+                Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=sealed.size,
+                                 sha256=sealed.sha256).where(Recording.id == recording_id).execute()
+                ledger.append_audit("server", "recording.seal", "recording", recording_id, recovered=True)
+                holds.hold_flagged(recording_id)
+            db(write)
+
+        def deleted(recording_id: str) -> None:
             rec = Recording.get_or_none(Recording.id == recording_id)
             if rec is None:
                 ledger.append_audit("server", "recording.delete", "recording", recording_id,
@@ -169,14 +219,10 @@ class ServerContext:
                     (Recording.id == recording_id) & (Recording.state != ledger.DELETED)).execute()
                 ledger.append_audit("server", "recording.delete", "recording", recording_id, reason="recovery",
                                     outcome=rec.call.outcome)
-        # recordings the crash left unsettled whose plaintext is gone
-        for rec in Recording.select().where(Recording.state == ledger.RECORDING):
-            if self._mark_sealed_if_stored(rec):
-                continue
-            withdrawn = rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None
-            state, reason = (ledger.DELETED, "recovery") if withdrawn else (ledger.FAILED, "lost-in-crash")
-            Recording.update(state=state, state_reason=reason).where(Recording.id == rec.id).execute()
-        self._end_interrupted_calls()
+
+        report = spool.recover(self.spool_dir, decide, seal, ready=ready)
+        for recording_id in report.deleted:
+            db(lambda recording_id=recording_id: deleted(recording_id))
         return report
 
     def _mark_sealed_if_stored(self, rec: Recording) -> bool:
@@ -297,6 +343,7 @@ class ConsentServer:
         self.listener: StreamServer | None = None
         self.control: ControlServer | None = None
         self.checkpointer = None  # audit.Checkpointer: signs the audit trail's head now and then
+        self._sweeper = None  # settles spool files a crash left still being written
 
     @property
     def address(self) -> tuple[str, int]:
@@ -308,8 +355,9 @@ class ConsentServer:
         self.ctx.open()
         audit.record_startup(self.config)  # server.start, then configuration and key changes since the last start
         report = self.ctx.recover_spool()
-        if report.sealed or report.deleted:
-            log.info("spool recovery: sealed=%d deleted=%d", len(report.sealed), len(report.deleted))
+        if report.sealed or report.deleted or report.deferred:
+            log.info("spool recovery: sealed=%d deleted=%d still being written=%d", len(report.sealed),
+                     len(report.deleted), len(report.deferred))
         self.control = ControlServer(Path(self.config.storage.data_dir) / "control.sock", self.ctx.handle_control)
         self.control.start()
         backlog = self.config.server.backlog  # a burst of calls waits in the kernel, never dropped unseen
@@ -318,6 +366,8 @@ class ConsentServer:
         self.listener = StreamServer(parse_listen(self.config.server.listen), self._handle, backlog=backlog,
                                      spawn=gevent.pool.Pool(self.config.server.max_calls + 64))
         self.listener.start()  # binding errors surface here as OSError, not sys.exit
+        if report.deferred:
+            self._sweeper = gevent.spawn(self.ctx.sweep_deferred, report.deferred)
         self.checkpointer = audit.Checkpointer.from_config(self.ctx.writer, self.config)
         self.checkpointer.start()  # a startup checkpoint signs the start record and what recovery wrote
 
@@ -383,6 +433,8 @@ class ConsentServer:
                 session.shutdown()
         finally:
             deadline.close()
+        if self._sweeper is not None:
+            self._sweeper.kill()  # what it had not settled, the next start's recovery does
         if self.listener is not None:
             self.listener.stop(timeout=1)
         if self.control is not None:

@@ -70,13 +70,15 @@ def recording_path(spool_dir: Path, recording_id: str) -> Path:
 class RecoveryReport:
     sealed: list[str] = field(default_factory=list)  # recording ids
     deleted: list[str] = field(default_factory=list)  # recording ids
+    deferred: list[str] = field(default_factory=list)  # recording ids still being written: left for later
     failed: dict[str, str] = field(default_factory=dict)  # recording id -> error; file left
     unknown: list[str] = field(default_factory=list)  # names of other entries, untouched
 
     def summary(self) -> str:
         return (
             f"{len(self.sealed)} sealed, {len(self.deleted)} deleted, "
-            f"{len(self.failed)} failed (left in place), "
+            + (f"{len(self.deferred)} still being written (sealed once closed), " if self.deferred else "")
+            + f"{len(self.failed)} failed (left in place), "
             f"{len(self.unknown)} unknown entries left untouched"
         )
 
@@ -85,6 +87,7 @@ def recover(
     spool_dir: Path,
     decide: Callable[[str], str],
     seal: Callable[[Path, str], object],
+    ready: Callable[[Path], bool] | None = None,
 ) -> RecoveryReport:
     """Seal or delete the plaintext a crash left in the spool. Run before accepting calls.
 
@@ -93,6 +96,8 @@ def recover(
     anything else, stays where it is and is reported as failed, so a later run can retry.
     Entries that are not ``<recording id>.wav`` are reported by name and not touched;
     their names are never logged (a misconfigured dialplan could put a phone number in one).
+    A recording to be sealed for which ``ready(path)`` is False (still being written) is left
+    alone and reported as deferred; one to be deleted goes at once.
     """
     report = RecoveryReport()
     for entry in sorted(spool_dir.iterdir()):
@@ -102,7 +107,9 @@ def recover(
             continue
         try:
             decision = decide(recording_id)
-            if decision == "seal":
+            if decision == "seal" and ready is not None and not ready(entry):
+                report.deferred.append(recording_id)  # sealing now would keep half of it
+            elif decision == "seal":
                 seal(entry, recording_id)
                 report.sealed.append(recording_id)
             elif decision == "delete":
@@ -117,3 +124,30 @@ def recover(
                       recording_id, type(exc).__name__)
     log.info("spool recovery: %s", report.summary())
     return report
+
+
+def wav_closed(path: Path) -> bool:
+    """Whether the recorder has closed this WAV: its header counts every byte of the file.
+
+    FreeSWITCH (libsndfile) writes the RIFF and ``data`` sizes when it closes the file; while
+    it records they say less than the file holds (capture s21: the file grows, the header
+    says 0).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return False
+    if int.from_bytes(head[4:8], "little") != size - 8:
+        return False
+    at = 12
+    while at + 8 <= len(head):
+        name, length = head[at:at + 4], int.from_bytes(head[at + 4:at + 8], "little")
+        if name == b"data":
+            return at + 8 + length == size
+        at += 8 + length + (length & 1)
+    return False
+

@@ -354,16 +354,14 @@ def test_facts_a_full_disk_kept_in_memory_reach_the_journal_once_it_has_room(tmp
 # --- a restart while FreeSWITCH still records a call the kill interrupted (found by scripts/soak.py) --
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: start-up recovery seals a spool file FreeSWITCH is still "
-                   "writing (a bridged call outlives the kill and the restart); see the test's docstring")
 def test_a_recording_still_written_when_the_server_restarts_is_sealed_whole(tmp_path):
     """FreeSWITCH goes on recording a bridged call whose socket app died, until the bridge
     ends (freeswitch/dialplan/fs-consent.xml). A restart meanwhile (systemd: 2 s) runs
     ServerContext.recover_spool, which seals that file at once: the ciphertext holds what
     was in it then (with the emulator, the 44-byte header alone), the plaintext is unlinked,
     and the rest of the conversation goes into a file nobody can open, while the ledger says
-    sealed (audit: recovered). Not fixed: recovery cannot tell a file still being written
-    from one a crash left (the ledger cannot; an F_SETLEASE probe could, given CAP_LEASE)."""
+    sealed (audit: recovered). Recovery now leaves a file alone while its WAV header does
+    not count it whole and it is still being written, and settles it once closed."""
     server = ServerProcess(tmp_path, free_port())
     server.start()
     call = gevent.spawn(server.emulator().place_call, CallerScript(digits=[None], talk_seconds=4.0), timeout=60)
@@ -376,6 +374,7 @@ def test_a_recording_still_written_when_the_server_restarts_is_sealed_whole(tmp_
         (rec_path, info), = result.recordings.items()
         sealed = server.data / "store" / f"{Path(rec_path).stem}.age"
         assert info.sha256 is not None, "the spool file was removed while FreeSWITCH was writing it"
+        wait_for(lambda: sealed.exists() and not any((server.data / "spool").iterdir()), timeout=30)
         assert sha256(age_decrypt(server.data / "keys" / "identity.txt", sealed)) == info.sha256
     finally:
         assert server.stop() == 0

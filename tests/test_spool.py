@@ -140,3 +140,20 @@ def test_recover_empty_spool(tmp_path):
 def test_is_recording_id():
     assert spool.is_recording_id(uuid.uuid4().hex)
     assert not spool.is_recording_id(None)
+
+
+def test_a_wav_is_closed_only_when_its_header_counts_the_whole_file(tmp_path):
+    """What recovery asks before sealing: a recorder still writing has not fixed the header."""
+    from fs_consent.emulator.wav import WavRecording
+    from fs_consent.spool import wav_closed
+
+    path = tmp_path / "r.wav"
+    recording = WavRecording(str(path), stereo=True, bridge_req=False, now=0.0)
+    recording.update(0.5)  # audio written, the header still says 0 bytes
+    assert path.stat().st_size > 44 and not wav_closed(path)
+    recording.close(1.0)
+    assert wav_closed(path)
+    path.write_bytes(path.read_bytes()[:-2])  # cut short: the header counts more than is there
+    assert not wav_closed(path)
+    (tmp_path / "x.wav").write_bytes(b"RIFF....WAVE")
+    assert not wav_closed(tmp_path / "x.wav") and not wav_closed(tmp_path / "missing.wav")

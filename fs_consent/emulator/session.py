@@ -53,6 +53,7 @@ _UUID_RECORD_USAGE = "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [
 
 #: The events ``myevents`` subscribes to (mod_event_socket.c).  No CHANNEL_HOLD,
 #: CHANNEL_UNHOLD, RECORD_START or RECORD_STOP: those need ``event plain ...``.
+WRITE_EVERY_S = 0.25  # a running recording's audio reaches its file this often
 MYEVENTS = frozenset(
     "CHANNEL_ANSWER CHANNEL_APPLICATION CHANNEL_BRIDGE CHANNEL_CREATE CHANNEL_DATA "
     "CHANNEL_DESTROY CHANNEL_EXECUTE CHANNEL_EXECUTE_COMPLETE CHANNEL_HANGUP "
@@ -706,7 +707,16 @@ class CallSession:
         recording.update(time.monotonic(), bridged=self._bridged)
         self._recordings[path] = recording
         self.result.recordings[path] = RecordingInfo(path=path, channels=recording.channels)
+        self._greenlets.spawn(self._keep_writing, path, recording)
         return True
+
+    def _keep_writing(self, path: str, recording) -> None:
+        """FreeSWITCH writes a running recording every few seconds (s21), its header only at
+        the close: so does this, faster."""
+        while self._recordings.get(path) is recording:
+            gevent.sleep(WRITE_EVERY_S)
+            if self._recordings.get(path) is recording:
+                recording.update(time.monotonic())
 
     def _announce_record_start(self, path: str) -> None:
         self._emit("RECORD_START", after=[("Record-File-Path", path)])
