@@ -22,6 +22,7 @@ Everything talks to 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import signal
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -95,6 +97,9 @@ class Server:
                     break
             else:
                 raise SystemExit(f"server did not start: {self.proc.wait()}")
+            # keep reading what it logs (as journald would): a full pipe would stop its event loop
+            self.log_lines = collections.Counter()
+            threading.Thread(target=self._drain, daemon=True).start()
         else:
             deadline = time.time() + 20
             while time.time() < deadline:
@@ -105,6 +110,10 @@ class Server:
                     time.sleep(0.1)
         self.peak_rss = 0
         self._sampler = gevent.spawn(self._sample)
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log_lines[line.split(": ", 1)[0][-60:]] += 1
 
     def _sample(self):
         process = psutil.Process(self.proc.pid)
