@@ -100,6 +100,26 @@ class Journal:
         self._unwritten.clear()
         return True
 
+    def retry(self) -> bool:
+        """After the disk refused a line: try again now (what waits, or a 4 KiB allocation
+        probe when the ledger already has it all); True once the journal can be written."""
+        if self.failing is None:
+            return True
+        if self._unwritten:
+            fact = self._unwritten.pop()
+            return self.append(*fact)
+        size = os.fstat(self._fd).st_size
+        try:
+            os.posix_fallocate(self._fd, size, 4096)
+        except OSError as exc:
+            self.failing = exc
+            return False
+        finally:
+            os.ftruncate(self._fd, size)
+        log.warning("ledger journal %s can be written again", self.path)
+        self.failing = None
+        return True
+
     def landed(self, seq: int) -> None:
         """Every fact up to ``seq`` is in the ledger: none of them needs writing any more."""
         if self._unwritten:
@@ -268,7 +288,7 @@ class LedgerWriter:
     @property
     def healthy(self) -> bool:
         """Whether a new call's consent facts can be expected to be kept and to land soon."""
-        journal_ok = self._journal is None or self._journal.failing is None
+        journal_ok = self._journal is None or self._journal.retry()
         stalled = self._batch_since is not None and time.monotonic() - self._batch_since > STALL_S
         return journal_ok and not stalled and self._failing_since is None and self._queue.qsize() < self._high_water
 

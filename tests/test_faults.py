@@ -7,6 +7,7 @@ no plaintext is left behind, and every caller still reaches the menu.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ import pytest
 
 from fs_consent import ledger
 from fs_consent.emulator import CallerScript
+from fs_consent.facts import RecordingStarted
+from fs_consent.ledger_writer import JOURNAL_FILE, Journal
 from fs_consent.server import ConsentServer
 
 from .e2e import Harness, age_decrypt, fs_consent, sha256
@@ -349,6 +352,22 @@ def test_facts_a_full_disk_kept_in_memory_reach_the_journal_once_it_has_room(tmp
         conn.close()
     finally:
         assert server.stop() == 0
+
+
+def test_the_journal_is_trusted_again_once_the_disk_has_room_without_waiting_for_a_new_fact(tmp_path, small_fs):
+    """The disk refused the journal's last line and the ledger has since taken it: with no new
+    fact to try, the writer must still see that the disk takes writes again (found by CI: the
+    server stayed closed to recording after space returned until the next call's fact)."""
+    data = small_fs("data", "1m")
+    journal = Journal(data / JOURNAL_FILE)
+    filler = fill(data)
+    assert not journal.append(1, RecordingStarted(instance="a" * 32, recording_id="r1", at=dt.datetime.now(dt.timezone.utc)))
+    journal.landed(1)  # the ledger took it meanwhile: nothing waits in memory
+    assert not journal.retry()  # the disk is still full
+    filler.unlink()
+    assert journal.retry()
+    assert journal.failing is None and journal.size() == 0  # the probe left nothing behind
+    journal.close()
 
 
 # --- a restart while FreeSWITCH still records a call the kill interrupted (found by scripts/soak.py) --
