@@ -29,7 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
-from fs_consent import audit, keys, ledger
+from fs_consent.secure import keys
+from fs_consent.store import audit, ledger
 
 CHECKPOINT_EVERY = 1000
 ACTIONS = [("consent.decision", "call"), ("recording.seal", "recording"), ("consent.decision", "call"),

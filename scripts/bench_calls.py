@@ -42,9 +42,9 @@ import gevent
 import gevent.pool
 import psutil
 
-from fs_consent.control import request
 from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
-from fs_consent.scenarios import percentile
+from fs_consent.emulator.scenarios import percentile
+from fs_consent.runtime.control import request
 
 ROOT = Path(__file__).resolve().parent.parent
 

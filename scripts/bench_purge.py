@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fs_consent import ledger  # noqa: E402
+from fs_consent.store import ledger  # noqa: E402
 
 FAKE_CIPHERTEXT = b"age-encryption.org/v1\n" + b"\x00" * 106  # 128 bytes: the purge never reads it
 

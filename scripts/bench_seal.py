@@ -29,7 +29,7 @@ from pathlib import Path
 import gevent
 import pyrage
 
-from fs_consent.vault import Vault, seal_file
+from fs_consent.secure.vault import Vault, seal_file
 
 
 def write_wav(path: Path, size: int) -> None:

@@ -36,8 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fs_consent import keys, ledger, objections, subjects  # noqa: E402
-from fs_consent.protect import FieldProtector  # noqa: E402
+from fs_consent.privacy import objections, subjects  # noqa: E402
+from fs_consent.secure import keys  # noqa: E402
+from fs_consent.secure.protect import FieldProtector  # noqa: E402
+from fs_consent.store import ledger  # noqa: E402
 
 SEALED_PHONE_SIZE = 1 + 12 + 12 + 16  # protect.seal of "+31612345678": version, nonce, text, tag
 AREA_CODES = ["10", "20", "30", "40", "50", "70", "71", "73", "76", "79", "592", "318", "495"]

@@ -2,7 +2,7 @@
 """Soak: randomized mixed calls against a real `fs-consent serve`, with real faults on the way.
 
 Runs N emulated FreeSWITCH calls (a seeded random mix of every caller scenario in
-fs_consent/scenarios.py: refuse, silence, another digit, the grant key, withdrawal by the
+fs_consent/emulator/scenarios.py: refuse, silence, another digit, the grant key, withdrawal by the
 caller's keys and by the agent's key, hold, hang-up in the prompt, the caller hanging up
 while recorded; randomized key moments; talk times of 0.2-0.8 s, and 3-6 s for
 --long-share of them, long enough for a call to outlive a kill and the restart after it,
@@ -20,7 +20,7 @@ During the run it injects, for real:
 * a full data dir for --full-seconds (a filler file takes every free byte of the tmpfs,
   then is removed);
 * a ledger lock for --lock-seconds (another process holds BEGIN EXCLUSIVE on ledger.db);
-* a killed seal worker (SIGKILL of one of the server's `fs_consent.seal_worker` children).
+* a killed seal worker (SIGKILL of one of the server's `fs_consent.secure.seal_worker` children).
 
 Then the server is stopped cleanly (SIGTERM) and started once more, so that start-up
 recovery runs with nothing else going on; once the spool is empty (or --settle seconds
@@ -98,7 +98,7 @@ import pyrage
 from gevent import socket
 
 from fs_consent.emulator import CallerScript, CallResult, FreeSwitchEmulator
-from fs_consent.scenarios import SCENARIO_NAMES, SCENARIOS
+from fs_consent.emulator.scenarios import SCENARIO_NAMES, SCENARIOS
 
 HANDSHAKE = {"connect", "myevents", "linger", "event"}
 TIME_SCALE = 0.1  # the switch's own timers (the prompt's 5 s timeout) run 10x faster
@@ -194,7 +194,7 @@ class Server:
         workers = []
         for child in children:
             try:
-                if "fs_consent.seal_worker" in " ".join(child.cmdline()):
+                if "fs_consent.secure.seal_worker" in " ".join(child.cmdline()):
                     workers.append(child)
             except psutil.Error:
                 pass

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import gevent
 
-from fs_consent import ledger
-from fs_consent.config import load_config
+from fs_consent.core.config import load_config
 from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
-from fs_consent.server import ConsentServer
+from fs_consent.runtime.server import ConsentServer
+from fs_consent.store import ledger
 
 TIME_SCALE = 0.05  # the emulator runs FreeSWITCH's own timers 20x faster: a 5 s prompt timeout takes 0.25 s
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pyrage
 from click.testing import CliRunner
 
-from fs_consent import keys, ledger
 from fs_consent.cli import main
-from fs_consent.config import load_config
-from fs_consent.protect import FieldProtector
-from fs_consent.vault import Vault
+from fs_consent.core.config import load_config
+from fs_consent.secure import keys
+from fs_consent.secure.protect import FieldProtector
+from fs_consent.secure.vault import Vault
+from fs_consent.store import ledger
 
 AS_OF = dt.datetime(2027, 6, 1, 12, 0, 0)
 DAY = dt.timedelta(days=1)

@@ -21,10 +21,11 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fs_consent import audit, keys, ledger
 from fs_consent.cli import main
-from fs_consent.ledger_writer import LedgerWriter
-from fs_consent.server import ConsentServer
+from fs_consent.runtime.server import ConsentServer
+from fs_consent.secure import keys
+from fs_consent.store import audit, ledger
+from fs_consent.store.writer import LedgerWriter
 
 from .e2e import Harness, make_config
 
@@ -384,7 +385,7 @@ def test_audit_entries_hold_no_personal_data(tmp_path):
 
 
 def test_progress_is_shown_on_a_terminal_only(monkeypatch, capsys):
-    from fs_consent import cli_audit
+    from fs_consent.cli import audit as cli_audit
 
     with cli_audit.progress(lambda: 10, "x") as update:
         assert update is None

@@ -23,12 +23,13 @@ import gevent
 import pytest
 from click.testing import CliRunner
 
-from fs_consent import audit, keys, ledger
 from fs_consent.cli import main
-from fs_consent.config import ConfigError, load_config
+from fs_consent.core.config import ConfigError, load_config
+from fs_consent.core.logs import StructuredFormatter
 from fs_consent.emulator import CallerScript
-from fs_consent.logs import StructuredFormatter
-from fs_consent.server import ConsentServer
+from fs_consent.runtime.server import ConsentServer
+from fs_consent.secure import keys
+from fs_consent.store import audit, ledger
 
 from .e2e import Harness, fs_consent, make_config
 from .test_e2e_process import ServerProcess, free_port, wait_for
@@ -176,8 +177,8 @@ def two_runs_then_cut(tmp_path) -> tuple[Path, Path, list[logging.LogRecord], in
     journal: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = journal.append
-    logging.getLogger("fs_consent.audit").addHandler(handler)
-    logging.getLogger("fs_consent.audit").setLevel(logging.INFO)
+    logging.getLogger("fs_consent.store.audit").addHandler(handler)
+    logging.getLogger("fs_consent.store.audit").setLevel(logging.INFO)
     try:
         with harness(tmp_path / "data", config) as h:
             two_calls(h)
@@ -186,7 +187,7 @@ def two_runs_then_cut(tmp_path) -> tuple[Path, Path, list[logging.LogRecord], in
         with harness(tmp_path / "data", config) as h:
             two_calls(h)
     finally:
-        logging.getLogger("fs_consent.audit").removeHandler(handler)
+        logging.getLogger("fs_consent.store.audit").removeHandler(handler)
     assert verify(tmp_path / "data", "--witness", str(witness)).exit_code == 0
     sql(db, "DELETE FROM audit_entry WHERE seq > ?", first_run_end)
     sql(db, "DELETE FROM audit_checkpoint WHERE seq >= ?", first_run_end)

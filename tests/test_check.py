@@ -21,9 +21,10 @@ import pytest
 from click.testing import CliRunner
 from peewee import SqliteDatabase
 
-from fs_consent import keys, ledger
-from fs_consent.check import FAIL, OK, WARN, filesystem_type, run_checks
 from fs_consent.cli import main
+from fs_consent.reports.check import FAIL, OK, WARN, filesystem_type, run_checks
+from fs_consent.secure import keys
+from fs_consent.store import ledger
 
 from .ledger_data import DataDir
 
@@ -314,8 +315,8 @@ def test_a_spool_on_disk_warns_one_on_tmpfs_is_ok(install, tmp_path):
 
 
 def test_too_little_free_space_warns(install, tmp_path):
-    from fs_consent.check import check_free_space
-    from fs_consent.config import load_config
+    from fs_consent.core.config import load_config
+    from fs_consent.reports.check import check_free_space
 
     config = load_config(data_dir=install.root, env={"HOME": str(tmp_path)})
     assert check_free_space(config).status == OK  # the test machine has room for a few recordings
@@ -491,8 +492,8 @@ def test_a_refused_connection_fails(install, tmp_path):
 
 
 def test_a_silent_server_fails_on_the_timeout(install, switch):
-    from fs_consent.check import check_freeswitch
-    from fs_consent.config import load_config
+    from fs_consent.core.config import load_config
+    from fs_consent.reports.check import check_freeswitch
 
     server = switch(None)
     config = load_config(esl_config(install.root, server.port, "ClueCon"), env={"HOME": str(install.root)})

@@ -22,8 +22,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from fs_consent import ledger
 from fs_consent.cli import CliGroup, main
+from fs_consent.store import ledger
 
 from .ledger_data import DAY, DataDir
 
@@ -385,7 +385,7 @@ def test_the_top_level_turns_any_exception_into_one_line():
 def test_postgresql_without_the_schema_is_refused_not_created(tmp_path):
     import psycopg
 
-    from fs_consent.config import load_config
+    from fs_consent.core.config import load_config
 
     from .e2e import TestDatabase
 

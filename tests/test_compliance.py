@@ -16,10 +16,11 @@ import pyrage
 import pytest
 from click.testing import CliRunner
 
-from fs_consent import audit, keys, ledger, spool
 from fs_consent.cli import main
-from fs_consent.compliance import CHECKS, HeaderOpener, Options, read_age_header, run_checks
-from fs_consent.seal_worker import seal_file
+from fs_consent.reports.compliance import CHECKS, HeaderOpener, Options, read_age_header, run_checks
+from fs_consent.secure import keys, spool
+from fs_consent.secure.seal_worker import seal_file
+from fs_consent.store import audit, ledger
 
 from .e2e import Harness, make_config
 
@@ -268,7 +269,7 @@ def test_a_tampered_audit_trail(site):
 
 
 def test_a_subject_request_undecided_past_its_due_date(site):
-    from fs_consent import subject_requests as requests
+    from fs_consent.privacy import subject_requests as requests
 
     today = site.now.replace(tzinfo=dt.timezone.utc).astimezone().date()  # due dates are local days
     requests.add("R-recent", "access", today - 20 * DAY, actor="officer", today=today)

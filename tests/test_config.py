@@ -8,13 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fs_consent.config import (
-    ConfigError,
-    ListenAddress,
-    default_data_dir,
-    load_config,
-)
-from fs_consent.durations import format_duration, parse_duration
+from fs_consent.core.config import ConfigError, ListenAddress, default_data_dir, load_config
+from fs_consent.core.durations import format_duration, parse_duration
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "freeswitch" / "fs-consent.example.toml"
 

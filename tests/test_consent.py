@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fs_consent import consent as c
+from fs_consent.core import consent as c
 
 RID = "0123456789abcdef0123456789abcdef"
 

@@ -11,7 +11,7 @@ import gevent.os
 import pytest
 from gevent import socket
 
-from fs_consent.control import MAX_LINE, ControlError, ControlServer, peer_allowed, request
+from fs_consent.runtime.control import MAX_LINE, ControlError, ControlServer, peer_allowed, request
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_handler_failure_is_an_internal_error_logged_without_the_request(serve, 
         raise KeyError(req["call"] + " of +31612345678")
 
     serve(handler)
-    with caplog.at_level(logging.ERROR, logger="fs_consent.control"):
+    with caplog.at_level(logging.ERROR, logger="fs_consent.runtime.control"):
         assert request(sock_path, {"call": "uuid-1234"}) == {"ok": False, "error": "internal error"}
     assert "KeyError" in caplog.text
     assert "uuid-1234" not in caplog.text and "612345678" not in caplog.text

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from fs_consent import consent, esl
-from fs_consent.driver import prompt_answer
+from fs_consent import esl
+from fs_consent.core import consent
+from fs_consent.runtime.driver import prompt_answer
 
 
 def pagd_events(captures_dir, name: str, event_name: str) -> list[esl.Event]:

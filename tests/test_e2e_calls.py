@@ -16,9 +16,10 @@ import gevent.subprocess
 import pytest
 from gevent import socket  # the server runs in this process: a blocking socket would stall it
 
-from fs_consent import esl, ledger
+from fs_consent import esl
 from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
-from fs_consent.server import ConsentServer
+from fs_consent.runtime.server import ConsentServer
+from fs_consent.store import ledger
 
 from .e2e import TIME_SCALE, Harness, age_decrypt, sha256
 
@@ -319,7 +320,7 @@ def test_peer_outside_the_allow_list_is_closed(tmp_path):
 
 
 def test_many_concurrent_calls_of_every_kind(harness):
-    from fs_consent.scenarios import run_simulation
+    from fs_consent.emulator.scenarios import run_simulation
 
     summary = run_simulation(*harness.server.address, spool_dir=harness.spool, calls=45, concurrency=15,
                              time_scale=1.0)  # keys 0.1 s into 0.3 s of talk: room for a loaded CI machine

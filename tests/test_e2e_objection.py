@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fs_consent import ledger, objections, subject_requests
-from fs_consent.subjects import phone_hash, protector_for
+from fs_consent.privacy import objections, subject_requests
+from fs_consent.privacy.subjects import phone_hash, protector_for
+from fs_consent.store import ledger
 
 from .e2e import Harness
 

@@ -12,8 +12,8 @@ import gevent
 import gevent.subprocess
 import pytest
 
-from fs_consent import holds, ledger
 from fs_consent.emulator import CallerScript
+from fs_consent.store import holds, ledger
 
 from .e2e import Harness, age_decrypt, fs_consent, sha256
 

@@ -12,8 +12,9 @@ import gevent
 import gevent.subprocess
 import pytest
 
-from fs_consent import holds, ledger, subjects
 from fs_consent.emulator import CallerScript
+from fs_consent.privacy import subjects
+from fs_consent.store import holds, ledger
 
 from .e2e import Harness, fs_consent
 

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from fs_consent import ledger
 from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
+from fs_consent.store import ledger
 
 from .e2e import TIME_SCALE, Harness
 
@@ -77,7 +77,7 @@ WIRE_SCENARIOS = ("refuse", "silence", "grant-key", "other-digit", "hangup-in-pr
 def place_thousand(h: Harness, chaos: WireChaos) -> tuple[Counter, list]:
     import gevent.pool
 
-    from fs_consent.scenarios import caller_script, expected_outcome
+    from fs_consent.emulator.scenarios import caller_script, expected_outcome
 
     # real-time timers: the emulator stamps events on a clock time_scale times faster, so with
     # a thousand calls on this one hub a scheduling lag would look twenty times longer to the driver

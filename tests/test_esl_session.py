@@ -16,16 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fs_consent import esl
-from fs_consent.esl.session import (
-    ChannelEvent,
-    Closed,
-    Completed,
-    Connected,
-    Lingering,
-    OutboundSession,
-    Reply,
-    State,
-)
+from fs_consent.esl.session import ChannelEvent, Closed, Completed, Connected, Lingering, OutboundSession, Reply, State
 
 CHANNEL = "0f0e0154-48b7-492c-80a6-5e9e6346c411"
 OTHER_LEG = "5a1e6d6c-2a8f-4d4e-9d7e-3f1d1b7a0c11"

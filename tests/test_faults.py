@@ -22,11 +22,11 @@ import gevent
 import gevent.pool
 import pytest
 
-from fs_consent import ledger
 from fs_consent.emulator import CallerScript
-from fs_consent.facts import RecordingStarted
-from fs_consent.ledger_writer import JOURNAL_FILE, Journal
-from fs_consent.server import ConsentServer
+from fs_consent.runtime.server import ConsentServer
+from fs_consent.store import ledger
+from fs_consent.store.facts import RecordingStarted
+from fs_consent.store.writer import JOURNAL_FILE, Journal
 
 from .e2e import Harness, age_decrypt, fs_consent, sha256
 from .test_e2e_process import DATA, ServerProcess, free_port, wait_for

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from fs_consent import consent, holds, ledger
-from fs_consent.withdrawal import recent_recorded_calls, withdraw_ended_call
+from fs_consent.core import consent
+from fs_consent.privacy.withdrawal import recent_recorded_calls, withdraw_ended_call
+from fs_consent.store import holds, ledger
 
 from .ledger_data import DAY, DataDir
 
@@ -187,8 +188,8 @@ def test_a_live_withdrawal_after_the_seal_leaves_a_held_recording(data):
     a withdrawal then (caller keys) is an erasure of a held recording, refused."""
     from types import SimpleNamespace
 
-    from fs_consent.consent import DeleteRecording
-    from fs_consent.driver import CallSession
+    from fs_consent.core.consent import DeleteRecording
+    from fs_consent.runtime.driver import CallSession
 
     call, rec = data.add_call(age=0 * DAY, as_of=ledger.utcnow())
     _, free = data.add_call(age=0 * DAY, as_of=ledger.utcnow())
@@ -206,7 +207,7 @@ def test_a_live_withdrawal_after_the_seal_leaves_a_held_recording(data):
 
 
 def test_the_aggression_key_is_configurable_and_must_differ_from_the_withdraw_key(tmp_path):
-    from fs_consent.config import ConfigError, load_config
+    from fs_consent.core.config import ConfigError, load_config
 
     path = tmp_path / "c.toml"
     path.write_text('[consent]\naggression_key = "7"\n')

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fs_consent import spool
-from fs_consent.config import load_config
+from fs_consent.core.config import load_config
+from fs_consent.secure import spool
 
 from .test_freeswitch_kit import unit_settings  # one parser for every unit file
 

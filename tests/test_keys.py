@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fs_consent import keys
-from fs_consent.keys import KeyFileError
+from fs_consent.secure import keys
+from fs_consent.secure.keys import KeyFileError
 
 
 def mode(path: Path) -> int:

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fs_consent import logs
-from fs_consent.protect import normalise_phone
+from fs_consent.core import logs
+from fs_consent.secure.protect import normalise_phone
 
 from .e2e import Harness
 
@@ -68,7 +68,7 @@ def captured(level: str = "debug", fmt: str = "kv", env=None) -> io.StringIO:
 
 def test_a_kv_line_has_level_logger_event_and_the_fields(restore_logging):
     out = captured()
-    logging.getLogger("fs_consent.driver").info(
+    logging.getLogger("fs_consent.runtime.driver").info(
         "call ended", extra=logs.fields(call="8f0c2a", outcome="granted", seconds=12.5, hangup_cause=None))
     [line] = out.getvalue().splitlines()
     assert re.fullmatch(r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info logger=fs_consent\.driver "
@@ -77,7 +77,7 @@ def test_a_kv_line_has_level_logger_event_and_the_fields(restore_logging):
 
 def test_percent_style_calls_keep_working(restore_logging):
     out = captured()
-    logging.getLogger("fs_consent.spool").warning("recovery of recording %s failed (%s)", "ab12", "OSError")
+    logging.getLogger("fs_consent.secure.spool").warning("recovery of recording %s failed (%s)", "ab12", "OSError")
     assert parse_kv(out.getvalue().strip())["event"] == "recovery of recording ab12 failed (OSError)"
 
 
@@ -111,7 +111,7 @@ def test_a_traceback_stays_on_the_line(restore_logging):
     try:
         raise KeyError("boom")
     except KeyError:
-        logging.getLogger("fs_consent.ledger").exception("ledger write failed")
+        logging.getLogger("fs_consent.store.ledger").exception("ledger write failed")
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
     exc = parse_kv(lines[0])["exc"]
@@ -123,11 +123,11 @@ def test_a_traceback_stays_on_the_line(restore_logging):
 
 def test_the_level_filters_and_libraries_never_log_debug(restore_logging):
     out = captured("warning")
-    logging.getLogger("fs_consent.server").info("not shown")
-    logging.getLogger("fs_consent.server").warning("shown")
+    logging.getLogger("fs_consent.runtime.server").info("not shown")
+    logging.getLogger("fs_consent.runtime.server").warning("shown")
     assert [parse_kv(line)["event"] for line in out.getvalue().splitlines()] == ["shown"]
     out = captured("debug")
-    logging.getLogger("fs_consent.driver").debug("ours")
+    logging.getLogger("fs_consent.runtime.driver").debug("ours")
     logging.getLogger("peewee").debug("('SELECT ...', ['a caller hash'])")
     logging.getLogger("peewee").info("a library's info")
     assert [parse_kv(line)["event"] for line in out.getvalue().splitlines()] == ["ours", "a library's info"]
@@ -155,12 +155,12 @@ def test_under_journald_no_timestamp_and_a_priority_prefix(restore_logging, tmp_
     with open(tmp_path / "journal", "w+") as stream:
         st_ = os.fstat(stream.fileno())
         logs.setup("info", "kv", stream=stream, env={"JOURNAL_STREAM": f"{st_.st_dev}:{st_.st_ino}"})
-        logging.getLogger("fs_consent.server").error("at max_calls")
-        logging.getLogger("fs_consent.server").info("listening")
+        logging.getLogger("fs_consent.runtime.server").error("at max_calls")
+        logging.getLogger("fs_consent.runtime.server").info("listening")
         stream.seek(0)
         lines = stream.read().splitlines()
-    assert lines == ["<3>level=error logger=fs_consent.server event=\"at max_calls\"",
-                     "<6>level=info logger=fs_consent.server event=listening"]
+    assert lines == ["<3>level=error logger=fs_consent.runtime.server event=\"at max_calls\"",
+                     "<6>level=info logger=fs_consent.runtime.server event=listening"]
 
 
 def test_a_journal_stream_that_is_not_our_stderr_is_not_journald(tmp_path):
@@ -241,7 +241,7 @@ def test_calls_at_debug_level_log_no_number_and_no_name(tmp_path, restore_loggin
 
 
 def test_an_unknown_log_format_is_a_config_error_naming_the_key(tmp_path):
-    from fs_consent.config import ConfigError, load_config
+    from fs_consent.core.config import ConfigError, load_config
 
     config = tmp_path / "config.toml"
     config.write_text('[logging]\nformat = "syslog"\n')

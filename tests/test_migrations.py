@@ -21,9 +21,9 @@ import pytest
 from peewee import IntegrityError, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect as connect_url
 
-from fs_consent import audit, ledger, migrations
 from fs_consent.emulator import CallerScript, FreeSwitchEmulator
-from fs_consent.server import ConsentServer
+from fs_consent.runtime.server import ConsentServer
+from fs_consent.store import audit, ledger, migrations
 
 from . import e2e
 from .fixtures.schema1 import models as v1

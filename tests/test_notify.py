@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from fs_consent import notify
+from fs_consent.runtime import notify
 
 
 @pytest.fixture

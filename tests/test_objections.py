@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from fs_consent import ledger, objections, subject_requests
-from fs_consent.subjects import SubjectError, phone_hash
+from fs_consent.privacy import objections, subject_requests
+from fs_consent.privacy.subjects import SubjectError, phone_hash
+from fs_consent.store import ledger
 
 from .ledger_data import DataDir
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fs_consent import ledger, subject_requests
+from fs_consent.privacy import subject_requests
+from fs_consent.store import ledger
 
 from .e2e import Harness, fs_consent
 

@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
-from fs_consent import holds, keys, ledger, police_export
+from fs_consent.privacy import police_export
+from fs_consent.secure import keys
+from fs_consent.store import holds, ledger
 
 from .ledger_data import DAY, DataDir, wav_bytes
 

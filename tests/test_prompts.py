@@ -126,7 +126,7 @@ def texts() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[str, str]:
     """The default refuse and grant digits, which the texts name."""
-    from fs_consent.config import load_config
+    from fs_consent.core.config import load_config
 
     home = tmp_path_factory.mktemp("home")
     consent = load_config(None, data_dir=home / "data", env={"HOME": str(home)}).consent
@@ -158,7 +158,7 @@ def test_each_consent_question_says_what_the_privacy_statement_asks(texts, digit
 
 
 #: sha256 of the consent texts (see consent_texts_digest) of each default prompt version.
-#: Changed a text? Raise PROMPT_VERSION in fs_consent/config.py and the versions in
+#: Changed a text? Raise PROMPT_VERSION in fs_consent/core/config.py and the versions in
 #: freeswitch/fs-consent.example.toml, and add a line here: the ledger tells the texts
 #: a caller heard apart only by that version.
 TEXTS_OF_VERSION = {
@@ -171,7 +171,7 @@ def consent_texts_digest(texts: dict[str, str]) -> str:
 
 
 def test_a_changed_text_gets_a_new_prompt_version(texts):
-    from fs_consent.config import PROMPT_VERSION
+    from fs_consent.core.config import PROMPT_VERSION
 
     assert TEXTS_OF_VERSION.get(PROMPT_VERSION) == consent_texts_digest(texts), (
         f"the consent texts are not those of prompt version {PROMPT_VERSION}: raise the version")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from fs_consent.protect import FieldError, FieldProtector, elfproef, normalise, normalise_phone
+from fs_consent.secure.protect import FieldError, FieldProtector, elfproef, normalise, normalise_phone
 
 KEY = bytes(range(64))
 OTHER_KEY = bytes(range(1, 65))

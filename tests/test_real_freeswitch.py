@@ -30,9 +30,10 @@ import gevent.queue
 import pytest
 from gevent import socket as gsocket
 
-from fs_consent import esl, ledger
-from fs_consent.config import load_config
-from fs_consent.server import ConsentServer
+from fs_consent import esl
+from fs_consent.core.config import load_config
+from fs_consent.runtime.server import ConsentServer
+from fs_consent.store import ledger
 
 FS_HOST, FS_PORT, FS_PASSWORD = "127.0.0.1", 8021, "ClueCon"
 LISTEN = "127.0.0.1:8040"  # the dialplan's socket target

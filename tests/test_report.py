@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fs_consent import consent, keys, ledger, report
-from fs_consent import subject_requests as requests
 from fs_consent.cli import main
+from fs_consent.core import consent
+from fs_consent.privacy import subject_requests as requests
+from fs_consent.reports import report
+from fs_consent.secure import keys
+from fs_consent.store import ledger
 
 from .e2e import make_config
 

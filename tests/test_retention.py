@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fs_consent import holds, ledger, retention
-from fs_consent.config import ConfigError, load_config
-from fs_consent.retention import Purge, PurgeError, Terms, purge_lock
+from fs_consent.core.config import ConfigError, load_config
+from fs_consent.privacy import retention
+from fs_consent.privacy.retention import Purge, PurgeError, Terms, purge_lock
+from fs_consent.store import holds, ledger
 
 from .ledger_data import AS_OF, DAY, DataDir
 from .test_freeswitch_kit import seconds, unit_settings
@@ -126,7 +127,7 @@ def test_call_records_of_364_days_keep_the_number_and_of_366_days_lose_it(data):
 
 
 def test_an_objection_withdrawn_longer_ago_than_the_call_record_term_loses_its_number(data):
-    from fs_consent import objections, subject_requests
+    from fs_consent.privacy import objections, subject_requests
 
     number_hash = data.protector.lookup_hash("phone", "+31612345678")
     other_hash = data.protector.lookup_hash("phone", "+31687654321")

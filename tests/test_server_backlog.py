@@ -20,8 +20,8 @@ import time
 import gevent
 import pytest
 
-from fs_consent.config import load_config
-from fs_consent.server import ConsentServer, somaxconn
+from fs_consent.core.config import load_config
+from fs_consent.runtime.server import ConsentServer, somaxconn
 
 BURST = 300  # > gevent's default backlog (128), < the default server.backlog (1024)
 SYN_RETRY = 1.0  # Linux retransmits a dropped SYN after one second (the initial RTO)

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from fs_consent import keys, spool
-from fs_consent.spool import SpoolError, prepare_spool, recording_path, recover
-from fs_consent.vault import Vault, VaultError
+from fs_consent.secure import keys, spool
+from fs_consent.secure.spool import SpoolError, prepare_spool, recording_path, recover
+from fs_consent.secure.vault import Vault, VaultError
 
 
 def mode(path) -> int:
@@ -88,7 +88,7 @@ def test_recover_seals_deletes_and_leaves_the_rest(setup, tmp_path, caplog):
         asked.append(recording_id)
         return decisions.get(recording_id, "delete")
 
-    with caplog.at_level(logging.DEBUG, logger="fs_consent.spool"):
+    with caplog.at_level(logging.DEBUG, logger="fs_consent.secure.spool"):
         report = recover(spool_dir, decide, vault.seal)
 
     assert sorted(report.sealed) == sorted([ids["held1"], ids["held2"]])
@@ -145,7 +145,7 @@ def test_is_recording_id():
 def test_a_wav_is_closed_only_when_its_header_counts_the_whole_file(tmp_path):
     """What recovery asks before sealing: a recorder still writing has not fixed the header."""
     from fs_consent.emulator.wav import WavRecording
-    from fs_consent.spool import wav_closed
+    from fs_consent.secure.spool import wav_closed
 
     path = tmp_path / "r.wav"
     recording = WavRecording(str(path), stereo=True, bridge_req=False, now=0.0)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from fs_consent import ledger, subject_export, subject_requests, subjects
-from fs_consent.vault import Vault
+from fs_consent.privacy import subject_export, subject_requests, subjects
+from fs_consent.secure.vault import Vault
+from fs_consent.store import ledger
 
 from .e2e import Harness, age_decrypt, fs_consent
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fs_consent import ledger
-from fs_consent import subject_requests as requests
-from fs_consent.subject_requests import RequestError
+from fs_consent.privacy import subject_requests as requests
+from fs_consent.privacy.subject_requests import RequestError
+from fs_consent.store import ledger
 
 from .ledger_data import DataDir
 

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fs_consent import holds, ledger, objections, retention, subject_requests, subjects
-from fs_consent.protect import FieldProtector
-from fs_consent.retention import Purge, Terms, purge_lock
+from fs_consent.privacy import objections, retention, subject_requests, subjects
+from fs_consent.privacy.retention import Purge, Terms, purge_lock
+from fs_consent.secure.protect import FieldProtector
+from fs_consent.store import holds, ledger
 
 from .ledger_data import AS_OF, DAY, DataDir
 

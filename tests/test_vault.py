@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fs_consent import keys
-from fs_consent.vault import DecryptError, Vault, VaultError, seal_file
+from fs_consent.secure import keys
+from fs_consent.secure.vault import DecryptError, Vault, VaultError, seal_file
 
 
 def sha256(data: bytes) -> str:
@@ -197,7 +197,7 @@ def test_failure_mid_write_keeps_plaintext_and_no_tmp(tmp_path, spool, recipient
     path, rid, data = plaintext(spool, 4 << 20)
     store = tmp_path / "store"
     store.mkdir()
-    code = ("import sys; from pathlib import Path; from fs_consent.vault import seal_file, VaultError\n"
+    code = ("import sys; from pathlib import Path; from fs_consent.secure.vault import seal_file, VaultError\n"
             "try: seal_file(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])\n"
             "except VaultError as e: print(e); sys.exit(3)\n")
     result = subprocess.run([sys.executable, "-c", code, str(path), str(store / f"{rid}.age"),

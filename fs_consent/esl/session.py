@@ -30,15 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Hashable
 
-from .codec import (
-    Event,
-    FrameParser,
-    Message,
-    ProtocolError,
-    encode_api,
-    encode_command,
-    encode_execute,
-)
+from .codec import Event, FrameParser, Message, ProtocolError, encode_api, encode_command, encode_execute
 
 __all__ = [
     "OutboundSession",

@@ -1,0 +1,74 @@
+"""Withdrawal of consent for calls that have already ended.
+
+Used by the callback rule (a refusal from the same number deletes its recent
+recordings), by ``fs-consent withdraw`` for an ended call, and by the server's
+control socket. A live call is withdrawn by its own driver instead.
+
+A recording under legal hold (``holds.py``) is not erased: the withdrawal of an ended
+call is refused with the hold named, and the callback rule skips held calls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from ..core import consent
+from ..store import holds, ledger
+from ..store.ledger import Call, ConsentEvent, Recording
+
+
+def erase_recording_files(recording_id: str, spool_dir: Path, vault) -> None:
+    """Remove every byte of a recording: plaintext in the spool and ciphertext in the store."""
+    from ..secure.spool import recording_path
+
+    recording_path(spool_dir, recording_id).unlink(missing_ok=True)
+    vault.delete(recording_id)
+
+
+def withdraw_ended_call(call: Call, *, by: str, actor: str, spool_dir: Path, vault) -> list[str]:
+    """Delete the call's recordings and record the withdrawal. Returns the deleted ids.
+
+    Raises ``holds.RecordingHeld`` (naming the hold), changing nothing, if a recording
+    of the call is under legal hold.
+    """
+    now = ledger.utcnow()
+    deleted = []
+    recordings = list(call.recordings.where(Recording.state != ledger.DELETED))
+    holds.refuse_if_held(rec.id for rec in recordings)
+    for rec in recordings:
+        erase_recording_files(rec.id, spool_dir, vault)
+        rec.state, rec.state_reason, rec.deleted_at = ledger.DELETED, "withdrawn", now
+        rec.save()
+        ledger.append_audit(actor, "recording.delete", "recording", rec.id, reason="withdrawn", by=by)
+        deleted.append(rec.id)
+    if call.outcome != consent.WITHDRAWN:
+        call.outcome, call.withdrawn_by, call.withdrawn_at = consent.WITHDRAWN, by, now
+        call.save()
+        ConsentEvent.create(call=call, at=now, kind="withdrawal", outcome=consent.WITHDRAWN, by=by)
+        ledger.append_audit(actor, "consent.withdraw", "call", call.uuid, by=by, after_call=True)
+    return deleted
+
+
+def recent_recorded_calls(caller_hash: str, window: dt.timedelta, *, exclude_uuid: str,
+                          held: bool = False) -> list[Call]:
+    """This number's ended, granted calls within the window that still have a recording.
+
+    Calls with a recording under legal hold are left out (the callback rule skips them);
+    ``held=True`` returns just those instead, for the audit trail.
+    """
+    since = ledger.utcnow() - window
+    held_calls = holds.held_calls()
+    return list(
+        Call.select()
+        .join(Recording)
+        .where(
+            (Call.caller_hash == caller_hash)
+            & (Call.uuid != exclude_uuid)
+            & (Call.outcome == consent.GRANTED)
+            & (Call.started_at >= since)
+            & (Recording.state != ledger.DELETED)
+            & (Call.id.in_(held_calls) if held else Call.id.not_in(held_calls))
+        )
+        .distinct()
+    )

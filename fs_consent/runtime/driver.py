@@ -1,0 +1,511 @@
+"""One call over outbound ESL: frames in, consent events, commands out.
+
+The driver is the only code that touches the call's socket and timers. It reads
+frames with ``esl.FrameParser``, turns them into ``consent`` events, and performs
+the machine's commands: ESL writes, ledger writes (through the write-behind
+queue), spool and vault operations.
+
+Fail open for the call, fail closed for the recording: any exception while
+handling an event becomes ``consent.Failed``, which stops and deletes the
+recording and still sends the caller on into the menu. The same goes for the
+objection look-up at the start of a call (``objections.objects``): when the ledger
+cannot say whether the number objects, the call is not recorded (outcome ``error``,
+note ``objection-unknown``) and goes straight on into the menu.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gevent
+import gevent.event
+import gevent.lock
+
+from .. import esl
+from ..core import consent
+from ..core.consent import (
+    CancelTimer,
+    Decide,
+    DeleteRecording,
+    Execute,
+    Finish,
+    FlagCall,
+    MaskRecording,
+    PlayToCaller,
+    RecordingDiscarded,
+    SealRecording,
+    SetVariable,
+    StartRecording,
+    StartTimer,
+    StopRecording,
+    WithdrawEarlierCalls,
+)
+from ..core.logs import fields
+from ..esl.session import ChannelEvent, Closed, Completed, Connected, Lingering, OutboundSession, Reply
+from ..privacy import objections
+from ..secure.spool import recording_path
+from ..store import facts as ledger_facts
+from ..store import ledger
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+UNCONFIRMED_SEAL_DELAY_S = 1.0  # no RECORD_STOP seen: give FreeSWITCH time to close the file
+EXIT_GRACE_S = 5.0  # after 'exit', FreeSWITCH closes at once; do not wait longer than this
+TIMEOUT_TOLERANCE_MS = 100  # FreeSWITCH's timers run on 20 ms frames: a timeout is never this short
+OBJECTION_READ_TIMEOUT_S = 2.0  # no answer by then (a stuck database; a lock does not stop reads): not recorded, the prompt starts
+
+
+class SessionGone(Exception):
+    """The socket closed."""
+
+
+def prompt_answer(tag: str, completion: esl.Event, *, timeout_ms: int,
+                  prompt_played_at: int | None) -> consent.PromptAnswered:
+    """What play_and_get_digits' CHANNEL_EXECUTE_COMPLETE says the caller answered.
+
+    The digit counts when ``read_result`` is ``success``. Without one, silence needs
+    proof that the caller heard the whole prompt and the timeout ran out with them on
+    the line; a real FreeSWITCH (captures s8, s13, ``pagd_hangup_race.txt``) shows:
+
+    * a completion caused by a hang-up usually carries ``Answer-State: hangup`` and a
+      ``Hangup-Cause`` (FreeSWITCH sets both before it fires CHANNEL_HANGUP), even when
+      it comes first;
+    * but one that wins the race inside the collection can look exactly like a timeout
+      (``answered``, ``read_result`` ``failure``): only its time tells. So the end of the
+      prompt's audio (``prompt_played_at``: the last PLAYBACK_STOP of this prompt, on
+      FreeSWITCH's clock, microseconds) must lie at least ``timeout_ms`` before the
+      completion, or it was cut short.
+    """
+    result = completion.get("variable_read_result")
+    digit = completion.get(f"variable_{consent.PROMPT_VARIABLE}")
+    if result == "success" and digit:
+        return consent.PromptAnswered(tag, digit)
+    if completion.get("Answer-State") == "hangup" or completion.get("Hangup-Cause"):
+        return consent.PromptAnswered(tag, None, consent.PROMPT_CALLER_GONE)
+    if result not in ("failure", "timeout"):
+        return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)
+    ended_at = _timestamp(completion)
+    if prompt_played_at is None or ended_at is None:
+        return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)  # no proof of a timeout
+    waited_ms = (ended_at - prompt_played_at) / 1000
+    if waited_ms < timeout_ms - TIMEOUT_TOLERANCE_MS:
+        return consent.PromptAnswered(tag, None, consent.PROMPT_INTERRUPTED)
+    return consent.PromptAnswered(tag, None, consent.PROMPT_TIMED_OUT)
+
+
+def _timestamp(ev: esl.Event) -> int | None:
+    value = ev.get("Event-Date-Timestamp")
+    return int(value) if value and value.isdigit() else None
+
+
+@dataclass
+class CallFacts:
+    """What the ledger learns about the call besides consent."""
+
+    uuid: str
+    started_at: dt.datetime
+    instance: str = field(default_factory=lambda: uuidlib.uuid4().hex)  # this connection: the row's key
+    caller_hash: str | None = None
+    caller_sealed: bytes | None = None
+    answered_at: dt.datetime | None = None
+    menu_at: dt.datetime | None = None  # sent on into the menu: the wait for staff starts here
+    bridged_at: dt.datetime | None = None
+    hangup_cause: str | None = None
+    objection: bool | None = False  # the number objects to recording (art. 21); None: the ledger could not say
+    recording_note: str | None = None  # why the call may not be recorded at all (None: it may)
+
+
+@dataclass
+class CallSession:
+    """Drives one FreeSWITCH outbound connection from handshake to ``exit``.
+
+    The wire (reply order, completions by ``Application-UUID``, other legs, linger) is
+    ``esl.session.OutboundSession``'s; this class does the socket I/O, turns what the
+    session yields into ``consent`` events, and performs the machine's commands.
+    """
+
+    sock: object
+    ctx: object  # server.ServerContext
+    facts: CallFacts | None = None
+    machine: consent.ConsentCall | None = None
+    _wire: OutboundSession = field(default_factory=OutboundSession)
+    _on_reply: dict = field(default_factory=dict)  # command token -> callback(Reply)
+    _prompts: set = field(default_factory=set)  # tags of the executes that are the consent prompt
+    _tokens: itertools.count = field(default_factory=itertools.count)
+    _timers: dict = field(default_factory=dict)
+    _deleted: set = field(default_factory=set)  # recording ids withdrawn in this call
+    _sealed: set = field(default_factory=set)  # recording ids sent to be sealed
+    _backlog: list = field(default_factory=list)  # what the wire yielded before the machine ran
+    _prompt_played_at: int | None = None  # FreeSWITCH's clock (us) when the running prompt's audio ended
+    _lock: gevent.lock.RLock = field(default_factory=gevent.lock.RLock)
+    _finished: bool = False
+    _lingering: bool = False
+    _exit_sent: bool = False
+    _closed: bool = False
+
+    # --- socket ---------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if not self._closed:
+            self.sock.sendall(data)
+
+    def _receive(self) -> list:
+        """What the next bytes from the socket complete (possibly nothing)."""
+        data = self.sock.recv(READ_SIZE)
+        if not data:
+            raise SessionGone()
+        return self._wire.receive(data)
+
+    def _request(self, make, timeout: float):
+        """Send one command and wait for its reply; everything else that comes is kept.
+
+        Events can come before any reply (CHANNEL_PARK after ``myevents``), so the next
+        frame is never taken for the reply: the session matches replies by order.
+        """
+        token = next(self._tokens)
+        self.sock.sendall(make(token))
+        with gevent.Timeout(timeout, SessionGone("handshake timeout")):
+            while True:
+                items = self._receive()
+                for index, item in enumerate(items):
+                    if isinstance(item, (Reply, Connected)) and item.token == token:
+                        self._backlog += items[index + 1:]
+                        return item
+                    self._backlog.append(item)
+
+    # --- life cycle -----------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._handshake()
+        except (SessionGone, esl.ProtocolError, OSError) as exc:
+            log.warning("call dropped during handshake: %s", type(exc).__name__)
+            self._close()
+            return
+        self.ctx.registry[self.facts.instance] = self
+        try:
+            self._feed(consent.CallStarted(can_record=self.facts.recording_note is None,
+                                           objection=self.facts.objection is True))
+            if self.facts.objection is None:
+                self._feed(consent.Failed("objection-unknown"))
+            backlog, self._backlog = self._backlog, []
+            for item in backlog:
+                self._dispatch(item)
+            while not self._closed:
+                for item in self._receive():
+                    self._dispatch(item)
+        except (SessionGone, OSError):
+            pass
+        except esl.ProtocolError as exc:
+            log.warning("call %s: malformed frame from FreeSWITCH (%s)", self.facts.uuid, exc)
+            self._feed(consent.Failed("protocol"))
+        finally:
+            self._feed(consent.Disconnected())
+            self._close()
+            self.ctx.registry.pop(self.facts.instance, None)
+
+    def _handshake(self) -> None:
+        timeout = self.ctx.config.server.handshake_timeout
+        connected = self._request(self._wire.send_connect, timeout)
+        self.facts = CallFacts(uuid=connected.channel_uuid, started_at=ledger.utcnow())
+        self._protect_caller(connected.headers.get("Caller-Caller-ID-Number", ""))
+        for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP CHANNEL_HOLD CHANNEL_UNHOLD PLAYBACK_STOP"):
+            reply = self._request(lambda token, line=line: self._wire.send_command(line, token), timeout)
+            if not reply.text.startswith("+OK"):
+                raise esl.ProtocolError(f"'{line}' was refused")
+        self.machine = consent.ConsentCall(policy=self.ctx.policy, recording_id=uuidlib.uuid4().hex)
+        self.facts.objection = self._objection()
+        facts, policy, ctx = self.facts, self.ctx.policy, self.ctx
+        # why the call is not recorded whatever the caller says (None: it may be)
+        if facts.objection is None:
+            facts.recording_note = "objection-unknown"
+        elif not ctx.vault_ready:
+            facts.recording_note = "no-recipient"
+        elif not ctx.writer.healthy:
+            # the consent facts could not be proven now: fail closed for the recording
+            facts.recording_note = "ledger-unavailable"
+            log.error("call %s: %s: the call goes on unrecorded", facts.uuid, ctx.writer.unhealthy_reason)
+        ctx.writer.record(ledger_facts.CallOpened(
+            instance=facts.instance, uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
+            language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
+            caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed, recording_note=facts.recording_note))
+
+    def hand_back(self) -> None:
+        """Give the call back to the dialplan untouched: its fallback continues unrecorded.
+
+        Closing without ``connect`` would leave ``socket`` waiting; ``exit`` after
+        ``connect`` makes it return at once.
+        """
+        try:
+            self._request(self._wire.send_connect, self.ctx.config.server.handshake_timeout)
+            self.sock.sendall(self._wire.send_exit())
+        except (SessionGone, esl.ProtocolError, OSError):
+            pass
+        self._close()
+
+    def _protect_caller(self, number: str) -> None:
+        from ..secure.protect import normalise_phone
+
+        try:
+            normalised = normalise_phone(number)
+        except ValueError:
+            normalised = ""
+        if normalised:
+            self.facts.caller_hash = self.ctx.protector.lookup_hash("phone", normalised)
+            self.facts.caller_sealed = self.ctx.protector.seal("phone", number)
+
+    def _objection(self) -> bool | None:
+        """Whether the caller's number objects to recording; None if the ledger could not say.
+
+        One indexed read, off the hub with a short bound (it must be known before the first
+        command; a locked ledger must not delay the prompt). An anonymous caller has no
+        number to object with.
+        """
+        if not self.facts.caller_hash:
+            return False
+        caller_hash = self.facts.caller_hash
+        try:
+            return self.ctx.writer.read(lambda: objections.objects(caller_hash), OBJECTION_READ_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - fail closed for the recording, open for the call
+            log.error("call %s: objection look-up failed (%s): the call is not recorded",
+                      self.facts.uuid, type(exc).__name__)
+            return None
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for timer in self._timers.values():
+            timer.kill(block=False)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # --- inbound frames -------------------------------------------------------
+
+    def _dispatch(self, item) -> None:
+        match item:
+            case Reply(token=token):
+                callback = self._on_reply.pop(token, None)
+                if callback is not None:
+                    callback(item)
+            case Completed(token=tag, event=ev):
+                if tag in self._prompts:
+                    played, self._prompt_played_at = self._prompt_played_at, None
+                    self._feed(prompt_answer(tag, ev, timeout_ms=self.ctx.policy.timeout_ms,
+                                             prompt_played_at=played))
+                else:
+                    self._feed(consent.AppCompleted(tag))
+            case ChannelEvent(event=ev):
+                self._on_event(ev)
+            case Lingering():
+                self._lingering = True
+                self._feed(consent.Disconnected())
+                self._maybe_exit()
+            case Closed():
+                self._feed(consent.Disconnected())
+                self._close()
+
+    def _on_event(self, ev: esl.Event) -> None:
+        name = ev.name
+        if name == "CHANNEL_EXECUTE":
+            if ev.get("Application") == "set":
+                data = ev.get("Application-Data")
+                if data == f"{consent.AGENT_MARKER_VARIABLE}={consent.AGENT_MARKER_VALUE}":
+                    self._feed(consent.AgentWithdraw())
+                elif data == f"{consent.AGENT_MARKER_VARIABLE}={consent.AGENT_FLAG_AGGRESSION}":
+                    self._feed(consent.AgentFlag(consent.AGENT_FLAG_AGGRESSION))
+        elif name == "DTMF":
+            digit = ev.get("DTMF-Digit")
+            if digit:
+                self._feed(consent.CallerDigit(digit))
+        elif name in ("RECORD_START", "RECORD_STOP"):
+            rid = self._recording_id_of(ev.get("Record-File-Path", ""))
+            if rid is None:
+                return
+            if name == "RECORD_START":
+                self._feed(consent.RecordStarted(rid))
+            else:
+                discarded = ev.get("variable_RECORD_DISCARDED") == "true"
+                self._feed(consent.RecordStopped(rid, discarded))
+        elif name == "PLAYBACK_STOP":
+            # the prompt's own audio, not the invalid-input file played after a failed collection
+            if ev.get("Playback-File-Path") != consent.PROMPT_INVALID_FILE:
+                self._prompt_played_at = _timestamp(ev)
+        elif name == "CHANNEL_ANSWER":
+            self.facts.answered_at = ledger.utcnow()
+        elif name == "CHANNEL_BRIDGE":
+            if self.facts.bridged_at is None:
+                self.facts.bridged_at = ledger.utcnow()
+        elif name == "CHANNEL_HOLD":
+            self._feed(consent.Held())
+        elif name == "CHANNEL_UNHOLD":
+            self._feed(consent.Unheld())
+        elif name == "CHANNEL_HANGUP":
+            self.facts.hangup_cause = ev.get("Hangup-Cause")
+            self._feed(consent.HungUp(self.facts.hangup_cause or ""))
+
+    def _recording_id_of(self, path: str) -> str | None:
+        rid = Path(path).stem
+        if self.machine and rid == self.machine.recording_id:
+            return rid
+        return None
+
+    # --- the machine ----------------------------------------------------------
+
+    def _feed(self, event) -> None:
+        """Run one event through the machine and perform its commands; never raises."""
+        if self.machine is None:
+            return
+        with self._lock:
+            try:
+                commands = self.machine.handle(event)
+                for command in commands:
+                    self._perform(command)
+            except Exception as exc:  # noqa: BLE001 - fail closed, keep the call
+                if isinstance(event, consent.Failed):
+                    log.error("call %s: failure handling failed (%s)", self.facts.uuid, type(exc).__name__)
+                    return
+                log.error("call %s: %s while handling %s; failing closed",
+                          self.facts.uuid, type(exc).__name__, type(event).__name__)
+                self._feed(consent.Failed(type(exc).__name__))
+
+    def shutdown(self, wait: float = 2.0) -> None:
+        """Server stopping with this call still live: close the recording, seal it, let go.
+
+        FreeSWITCH closes the file before it answers ``uuid_record stop``, so once the
+        reply is in, what was recorded with consent can be sealed.
+        """
+        if self.machine is not None and self.machine.rec in (consent.Rec.STARTING, consent.Rec.ACTIVE):
+            stopped = gevent.event.Event()
+            path = self._path(self.machine.recording_id)
+            with self._lock:
+                self._api(f"uuid_record {self.facts.uuid} stop {path}", lambda _msg: stopped.set())
+            stopped.wait(wait)
+        self._feed(consent.Disconnected())
+        self._close()
+
+    def withdraw(self, by: str = consent.BY_COMMAND) -> str:
+        """Withdraw consent from another greenlet (control socket, callback). Returns the outcome."""
+        self._feed(consent.WithdrawRequested(by))
+        return self.machine.outcome or ""
+
+    def _perform(self, command) -> None:
+        handler = getattr(self, "_do_" + type(command).__name__)
+        handler(command)
+
+    def _path(self, recording_id: str) -> Path:
+        return recording_path(self.ctx.spool_dir, recording_id)
+
+    def _api(self, command: str, on_reply=None) -> None:
+        if self._closed or self._exit_sent:
+            return
+        token = next(self._tokens)
+        if on_reply is not None:
+            self._on_reply[token] = on_reply
+        self._send(self._wire.send_api(command, token))
+
+    def _do_Execute(self, cmd: Execute) -> None:
+        if self._closed or self._exit_sent:
+            return
+        if cmd.prompt:
+            self._prompts.add(cmd.tag)
+        self._on_reply[cmd.tag] = self._execute_refused
+        self._send(self._wire.send_execute(cmd.app, cmd.arg, cmd.tag))
+        if cmd.tag.startswith("menu"):
+            self.facts.menu_at = ledger.utcnow()
+
+    def _execute_refused(self, reply: Reply) -> None:
+        """A sendmsg answered -ERR runs nothing and never completes: fail closed, go on."""
+        if not reply.ok and not self._lingering:
+            log.warning("call %s: FreeSWITCH refused an execute (%s)", self.facts.uuid, reply.text.strip()[:60])
+            self._feed(consent.Failed("execute-refused"))
+
+    def _do_SetVariable(self, cmd: SetVariable) -> None:
+        self._api(f"uuid_setvar {self.facts.uuid} {cmd.name} {cmd.value}")
+
+    def _do_StartRecording(self, cmd: StartRecording) -> None:
+        self._do_Execute(Execute("record_session", str(self._path(cmd.recording_id)), cmd.tag))
+        self.ctx.writer.record(ledger_facts.RecordingStarted(self.facts.instance, cmd.recording_id, ledger.utcnow()))
+
+    def _do_StopRecording(self, cmd: StopRecording) -> None:
+        path = self._path(cmd.recording_id)
+        # the reply comes after FreeSWITCH closed the file: unlink again then if withdrawn
+        self._api(f"uuid_record {self.facts.uuid} stop {path}",
+                  lambda _msg: path.unlink(missing_ok=True) if cmd.recording_id in self._deleted else None)
+
+    def _do_MaskRecording(self, cmd: MaskRecording) -> None:
+        verb = "mask" if cmd.masked else "unmask"
+        self._api(f"uuid_record {self.facts.uuid} {verb} {self._path(cmd.recording_id)}")
+
+    def _do_DeleteRecording(self, cmd: DeleteRecording) -> None:
+        rid = cmd.recording_id
+        self._deleted.add(rid)
+        sealed = rid in self._sealed  # then it may be under a legal hold: the ledger decides, in order
+        if not sealed:
+            self._path(rid).unlink(missing_ok=True)
+            self.ctx.vault.delete(rid)
+        self.ctx.writer.record(ledger_facts.RecordingDeleted(rid, cmd.reason, ledger.utcnow(), sealed=sealed))
+
+    def _do_FlagCall(self, cmd: FlagCall) -> None:
+        self.ctx.writer.record(ledger_facts.CallFlagged(self.facts.instance, self.facts.uuid, cmd.kind, cmd.by,
+                                                        ledger.utcnow()))
+
+    def _do_SealRecording(self, cmd: SealRecording) -> None:
+        self._sealed.add(cmd.recording_id)
+        self.ctx.seal_later(cmd.recording_id, self._deleted, delay=0.0 if cmd.confirmed else UNCONFIRMED_SEAL_DELAY_S)
+
+    def _do_RecordingDiscarded(self, cmd: RecordingDiscarded) -> None:
+        self._path(cmd.recording_id).unlink(missing_ok=True)
+        self.ctx.writer.record(ledger_facts.RecordingDiscarded(cmd.recording_id))
+
+    def _do_PlayToCaller(self, cmd: PlayToCaller) -> None:
+        self._api(f"uuid_broadcast {self.facts.uuid} {cmd.file} aleg")
+
+    def _do_Decide(self, cmd: Decide) -> None:
+        facts = self.facts
+        withdrawal = cmd.outcome == consent.WITHDRAWN and self.machine.withdrawn
+        kind = "withdrawal" if withdrawal else "decision"
+        self.ctx.writer.record(ledger_facts.ConsentDecided(facts.instance, facts.uuid, kind, cmd.outcome, cmd.by,
+                                                           ledger.utcnow()))
+        log.debug("consent %s", kind, extra=fields(call=facts.uuid, outcome=cmd.outcome, by=cmd.by))
+
+    def _do_WithdrawEarlierCalls(self, cmd: WithdrawEarlierCalls) -> None:
+        if self.facts.caller_hash:
+            gevent.spawn(self.ctx.callback_withdrawal, self.facts.caller_hash, self.facts.uuid)
+
+    def _do_StartTimer(self, cmd: StartTimer) -> None:
+        self._timers[cmd.name] = gevent.spawn_later(cmd.seconds, self._feed, consent.TimerFired(cmd.name))
+
+    def _do_CancelTimer(self, cmd: CancelTimer) -> None:
+        timer = self._timers.pop(cmd.name, None)
+        if timer is not None:
+            timer.kill(block=False)
+
+    def _do_Finish(self, cmd: Finish) -> None:
+        self._finished = True
+        facts, now = self.facts, ledger.utcnow()
+        since = facts.answered_at or facts.started_at
+        # wachttijd: from entering the menu to reaching staff (the consent prompt is not waiting)
+        wait = (facts.bridged_at - facts.menu_at).total_seconds() if facts.bridged_at and facts.menu_at else None
+        duration = (now - since).total_seconds()
+        self.ctx.writer.record(ledger_facts.CallEnded(
+            facts.instance, answered_at=facts.answered_at, bridged_at=facts.bridged_at, ended_at=now,
+            duration_seconds=duration, wait_seconds=wait, hangup_cause=facts.hangup_cause))
+        log.info("call ended", extra=fields(call=facts.uuid, outcome=self.machine.outcome,
+                                            hangup_cause=facts.hangup_cause, seconds=round(duration, 1)))
+        self._maybe_exit()
+
+    def _maybe_exit(self) -> None:
+        """With linger, FreeSWITCH holds the session until we say ``exit``: say it once we are done."""
+        if self._finished and self._lingering and not self._exit_sent:
+            self._exit_sent = True
+            self._send(self._wire.send_exit())
+            self._timers["exit"] = gevent.spawn_later(EXIT_GRACE_S, self._close)
