@@ -31,6 +31,7 @@ from pathlib import Path
 
 from fs_consent.secure import keys
 from fs_consent.store import audit, ledger
+from fs_consent.store.connection import close_database, open_database, sqlite_url  # noqa: E402
 
 CHECKPOINT_EVERY = 1000
 ACTIONS = [("consent.decision", "call"), ("recording.seal", "recording"), ("consent.decision", "call"),
@@ -44,8 +45,8 @@ def build(data: Path, n: int) -> float:
     keys.init_keys(keys_dir)
     signer = keys.load_signing_key(keys_dir)
     public = keys.signing_public_key(signer)
-    ledger.open_database(ledger.sqlite_url(data / "ledger.db"))  # creates every table
-    ledger.close_database()
+    open_database(sqlite_url(data / "ledger.db"))  # creates every table
+    close_database()
     db = sqlite3.connect(data / "ledger.db")
     db.execute("PRAGMA journal_mode=wal")
     db.execute("PRAGMA synchronous=normal")

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fs_consent.store import ledger  # noqa: E402
+from fs_consent.store.connection import close_database, open_database, sqlite_url  # noqa: E402
 
 FAKE_CIPHERTEXT = b"age-encryption.org/v1\n" + b"\x00" * 106  # 128 bytes: the purge never reads it
 
@@ -41,8 +41,8 @@ def populate(data_dir: Path, calls: int, recordings: int) -> float:
     store.mkdir(mode=0o700, parents=True)
     (data_dir / "spool").mkdir(mode=0o700)
     db_path = data_dir / "ledger.db"
-    ledger.open_database(ledger.sqlite_url(db_path))  # the real schema
-    ledger.close_database()
+    open_database(sqlite_url(db_path))  # the real schema
+    close_database()
     ended = dt.datetime(2020, 1, 1)
     db = sqlite3.connect(db_path)
     db.execute("PRAGMA journal_mode=wal")

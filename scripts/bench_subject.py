@@ -40,6 +40,7 @@ from fs_consent.privacy import objections, subjects  # noqa: E402
 from fs_consent.secure import keys  # noqa: E402
 from fs_consent.secure.protect import FieldProtector  # noqa: E402
 from fs_consent.store import ledger  # noqa: E402
+from fs_consent.store.connection import close_database, open_database, sqlite_url  # noqa: E402
 
 SEALED_PHONE_SIZE = 1 + 12 + 12 + 16  # protect.seal of "+31612345678": version, nonce, text, tag
 AREA_CODES = ["10", "20", "30", "40", "50", "70", "71", "73", "76", "79", "592", "318", "495"]
@@ -65,8 +66,8 @@ def populate(data_dir: Path, calls: int, rng: random.Random) -> tuple[float, lis
     keys.init_keys(data_dir / "keys")
     protector = FieldProtector(keys.load_field_key(data_dir / "keys"))
     db_path = data_dir / "ledger.db"
-    ledger.open_database(ledger.sqlite_url(db_path))  # the real schema and indexes
-    ledger.close_database()
+    open_database(sqlite_url(db_path))  # the real schema and indexes
+    close_database()
     singles = [synthetic_number(rng) for _ in range(calls // 2)]
     regulars = [synthetic_number(rng) for _ in range(max(1, calls // 20))]
     numbers = singles + rng.choices(regulars, k=calls - len(singles))
@@ -115,7 +116,7 @@ def populate(data_dir: Path, calls: int, rng: random.Random) -> tuple[float, lis
 
 def look_ups(data_dir: Path, numbers: list[str], queries: int, rng: random.Random) -> tuple[list[float], int]:
     """Seconds per look-up (the find path, in process) and the calls found in all."""
-    ledger.open_database(ledger.sqlite_url(data_dir / "ledger.db"))
+    open_database(sqlite_url(data_dir / "ledger.db"))
     protector = subjects.protector_for(data_dir / "keys")
     asked = [written_form(rng.choice(numbers), rng) for _ in range(queries - queries // 10)]
     asked += [written_form(synthetic_number(rng), rng) for _ in range(queries // 10)]  # mostly never called
@@ -131,7 +132,7 @@ def look_ups(data_dir: Path, numbers: list[str], queries: int, rng: random.Rando
         total += len(rows)
     plan = ledger.database.execute_sql("EXPLAIN QUERY PLAN SELECT id FROM call WHERE caller_hash = ?",
                                        ("x",)).fetchall()
-    ledger.close_database()
+    close_database()
     print(f"query plan: {' / '.join(row[-1] for row in plan)}")
     return times, total
 
@@ -177,7 +178,7 @@ def main() -> None:
         regular = next(n for n in numbers if n.startswith("06"))
         cli, startup = cli_runs(data_dir, written_form(regular, rng), args.cli_runs)
     finally:
-        ledger.close_database()
+        close_database()
         shutil.rmtree(data_dir, ignore_errors=True)
     median, p90 = statistics.median(times) * 1e3, percentile(times, 0.9) * 1e3
     print(f"{'measure':<48} {'median':>10} {'p90':>10}")

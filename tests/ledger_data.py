@@ -22,6 +22,7 @@ from fs_consent.secure import keys
 from fs_consent.secure.protect import FieldProtector
 from fs_consent.secure.vault import Vault
 from fs_consent.store import ledger
+from fs_consent.store.connection import close_database, open_database
 
 AS_OF = dt.datetime(2027, 6, 1, 12, 0, 0)
 DAY = dt.timedelta(days=1)
@@ -51,8 +52,8 @@ class DataDir:
         self.open()
 
     def open(self) -> None:
-        ledger.close_database()
-        ledger.open_database(self.config.storage.database)
+        close_database()
+        open_database(self.config.storage.database)
         self.vault = Vault(self.store, self.recipients, workers=0)
 
     @property
@@ -96,7 +97,7 @@ class DataDir:
 
     def copy_to(self, root: Path) -> DataDir:
         """The same installation, byte for byte, somewhere else (the ledger closed meanwhile)."""
-        ledger.close_database()
+        close_database()
         shutil.copytree(self.root, root)
         self.open()
         other = DataDir.__new__(DataDir)
@@ -109,10 +110,10 @@ class DataDir:
 
     def cli(self, *args: str, input: str | None = None):
         """Run ``fs-consent --data-dir ROOT ARGS`` in-process; the ledger is reopened afterwards."""
-        ledger.close_database()
+        close_database()
         result = CliRunner().invoke(main, ["--data-dir", str(self.root), *args], input=input,
                                     catch_exceptions=False)
-        ledger.close_database()
+        close_database()
         self.open()
         return result
 

@@ -25,6 +25,7 @@ from fs_consent.cli import main
 from fs_consent.runtime.server import ConsentServer
 from fs_consent.secure import keys
 from fs_consent.store import audit, ledger
+from fs_consent.store.connection import close_database, open_database, sqlite_url
 from fs_consent.store.writer import LedgerWriter
 
 from .e2e import Harness, make_config
@@ -44,7 +45,7 @@ class Trail:
         keys.init_keys(self.keys_dir)
         self.key = keys.load_signing_key(self.keys_dir)
         self.public = keys.signing_public_key(self.key)
-        ledger.open_database(self.config.storage.database)
+        open_database(self.config.storage.database)
         for n in range(1, 31):
             if n in (13, 25):
                 audit.write_checkpoint(self.key, "auditor")
@@ -66,7 +67,7 @@ class Trail:
 def trail(tmp_path):
     t = Trail(tmp_path / "data")
     yield t
-    ledger.close_database()
+    close_database()
 
 
 def test_an_untouched_trail_verifies(trail):
@@ -273,13 +274,13 @@ def test_a_partial_export_by_time(trail):
 def test_export_of_an_empty_trail(tmp_path):
     data = tmp_path / "data"
     keys.init_keys(data / "keys")
-    ledger.open_database(ledger.sqlite_url(data / "ledger.db"))
+    open_database(sqlite_url(data / "ledger.db"))
     try:
         out = CliRunner().invoke(main, ["--data-dir", str(data), "audit", "export", "--format", "json"])
         doc = json.loads(out.output)
         assert doc["entries"] == [] and doc["checkpoints"] == [] and doc["header"]["entries"] == 0
     finally:
-        ledger.close_database()
+        close_database()
 
 
 # --- what appends entries ------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ def test_keys_init_is_audited(tmp_path):
         assert rotated["changed"]["identity"]["to"].startswith("age1")
         assert "AGE-SECRET-KEY" not in "".join(e.detail for e in entries)
     finally:
-        ledger.close_database()
+        close_database()
 
 
 def test_start_up_records_configuration_and_key_changes(tmp_path):
@@ -314,7 +315,7 @@ def test_start_up_records_configuration_and_key_changes(tmp_path):
         server = ConsentServer(cfg, announce=lambda _m: None)
         server.start()
         server.stop()
-    ledger.open_database(config.storage.database)
+    open_database(config.storage.database)
     try:
         entries = [e for e in ledger.AuditEntry.select().order_by(ledger.AuditEntry.seq)
                    if e.action != "audit.checkpoint"]
@@ -326,14 +327,14 @@ def test_start_up_records_configuration_and_key_changes(tmp_path):
         starts = [json.loads(e.detail) for e in entries if e.action == "server.start"]
         assert [s["previous"] for s in starts] == ["none", "clean", "clean"]
     finally:
-        ledger.close_database()
+        close_database()
 
 
 def test_the_server_checkpoints_and_a_stopped_server_leaves_the_trail_signed(tmp_path):
     with Harness(tmp_path / "data") as h:
         h.call(digits=[None])
         h.call(digits=["1"])
-    ledger.open_database(h.config.storage.database)
+    open_database(h.config.storage.database)
     try:
         head = ledger.AuditEntry.select().order_by(ledger.AuditEntry.seq.desc()).get()
         assert head.action == "audit.checkpoint"
@@ -342,7 +343,7 @@ def test_the_server_checkpoints_and_a_stopped_server_leaves_the_trail_signed(tmp
         result = audit.verify_trail(audit.trusted_keys(Path(h.config.storage.keys_dir)))
         assert result.ok and result.last_checkpoint_seq == last.seq
     finally:
-        ledger.close_database()
+        close_database()
 
 
 def test_periodic_checkpoints_go_through_the_writer(trail):

@@ -30,6 +30,7 @@ from fs_consent.emulator import CallerScript
 from fs_consent.runtime.server import ConsentServer
 from fs_consent.secure import keys
 from fs_consent.store import audit, ledger
+from fs_consent.store.connection import close_database, open_database, sqlite_url
 
 from .e2e import Harness, fs_consent, make_config
 from .test_e2e_process import ServerProcess, free_port, wait_for
@@ -73,7 +74,7 @@ def two_calls(h: Harness) -> None:
 @pytest.fixture(autouse=True)
 def _closed():
     yield
-    ledger.close_database()
+    close_database()
 
 
 # --- what is signed when -----------------------------------------------------------------------
@@ -156,11 +157,11 @@ def test_a_cut_right_after_the_last_checkpoint_is_found_without_a_server(tmp_pat
     """Any trail, even one no server wrote: a checkpoint and its record are written together."""
     data = tmp_path / "data"
     keys.init_keys(data / "keys")
-    ledger.open_database(ledger.sqlite_url(data / "ledger.db"))
+    open_database(sqlite_url(data / "ledger.db"))
     for n in range(5):
         ledger.append_audit("tester", "recording.seal", "recording", f"rec-{n}")
     audit.write_checkpoint(keys.load_signing_key(data / "keys"), "tester")
-    ledger.close_database()
+    close_database()
     assert verify(data).exit_code == 0
     sql(data / "ledger.db", "DELETE FROM audit_entry WHERE seq = 6")
     out = verify(data)
@@ -218,13 +219,13 @@ def test_a_recomputed_and_resigned_tail_is_caught_by_the_witness(tmp_path):
     """An intruder with the server's own signing key rewrites the second run and signs it
     again: the trail is consistent, only the witness still knows the real heads."""
     db, witness, _journal, end = two_runs_then_cut(tmp_path)
-    ledger.open_database(ledger.sqlite_url(db))
+    open_database(sqlite_url(db))
     key = keys.load_signing_key(tmp_path / "data" / "keys")
     start = audit.record_server_start()
     ledger.append_audit("server", "consent.decision", "call", "forged", outcome="refused", by="key")
     audit.write_checkpoint(key, "server", "startup")
     audit.write_checkpoint(key, "server", "shutdown")
-    ledger.close_database()
+    close_database()
     assert verify(tmp_path / "data").exit_code == 0
     out = verify(tmp_path / "data", "--witness", str(witness))
     assert out.exit_code == 1, out.output
@@ -324,7 +325,7 @@ def test_a_running_server_whose_trail_was_cut_back_to_a_clean_stop(tmp_path):
 def test_a_start_that_hides_an_unclean_stop_is_a_fault(tmp_path):
     data = tmp_path / "data"
     keys.init_keys(data / "keys")
-    ledger.open_database(ledger.sqlite_url(data / "ledger.db"))
+    open_database(sqlite_url(data / "ledger.db"))
     key = keys.load_signing_key(data / "keys")
     audit.record_server_start()
     audit.write_checkpoint(key, "server", "startup")

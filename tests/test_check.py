@@ -25,6 +25,7 @@ from fs_consent.cli import main
 from fs_consent.reports.check import FAIL, OK, WARN, filesystem_type, run_checks
 from fs_consent.secure import keys
 from fs_consent.store import ledger
+from fs_consent.store.connection import close_database
 
 from .ledger_data import DataDir
 
@@ -36,7 +37,7 @@ LINE = re.compile(r"^(ok|warn|fail) +(\S+) +(\S.*)$")
 def install(tmp_path):
     """A working installation: keys, ledger (current schema), store and spool."""
     data = DataDir(tmp_path / "data")
-    ledger.close_database()
+    close_database()
     return data
 
 

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from fs_consent.cli import CliGroup, main
-from fs_consent.store import ledger
+from fs_consent.store.connection import close_database, open_database
 
 from .ledger_data import DAY, DataDir
 
@@ -64,11 +64,11 @@ LEDGER_COMMANDS = [
 
 
 def cli(data_dir: Path, *args: str, input: str | None = None):
-    ledger.close_database()
+    close_database()
     try:
         return CliRunner(env=CLEAN_ENV).invoke(main, ["--data-dir", str(data_dir), *args], input=input)
     finally:
-        ledger.close_database()
+        close_database()
 
 
 def run(data_dir: Path, *args: str, prefix: tuple[str, ...] = (), timeout: float = 60) -> subprocess.CompletedProcess:
@@ -97,10 +97,10 @@ def installed(tmp_path) -> DataDir:
         data.add_call(age=n * DAY)
     for n in range(400):  # enough rows for the call table to span many pages
         data.add_call(age=n * DAY, recording=None, number=None)
-    ledger.close_database()
+    close_database()
     assert not (data.root / "ledger.db-wal").exists()
     yield data
-    ledger.close_database()
+    close_database()
 
 
 @pytest.fixture
@@ -309,7 +309,7 @@ def test_a_lock_held_by_another_connection_in_process(ledger_file):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-        ledger.close_database()
+        close_database()
 
 
 def test_the_lock_timeout_is_documented_and_bounded(tmp_path):
@@ -404,10 +404,10 @@ def test_postgresql_without_the_schema_is_refused_not_created(tmp_path):
                                   "WHERE table_schema = 'public'").fetchone()[0]
         assert tables == 0
         assert not (tmp_path / "data").exists()
-        ledger.open_database(database.url)  # what serve does: create the schema
-        ledger.close_database()
+        open_database(database.url)  # what serve does: create the schema
+        close_database()
         result = cli(tmp_path / "data", "--config", str(config), "calls", "list")
         assert (result.exit_code, result.stdout.strip()) == (0, "(none)")
     finally:
-        ledger.close_database()
+        close_database()
         database.drop()

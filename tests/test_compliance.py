@@ -21,6 +21,7 @@ from fs_consent.reports.compliance import CHECKS, HeaderOpener, Options, read_ag
 from fs_consent.secure import keys, spool
 from fs_consent.secure.seal_worker import seal_file
 from fs_consent.store import audit, ledger
+from fs_consent.store.connection import close_database, open_database
 
 from .e2e import Harness, make_config
 
@@ -47,7 +48,7 @@ class Site:
         s = self.config.storage
         self.keys_dir, self.store, self.spool = Path(s.keys_dir), Path(s.store_dir), Path(s.spool_dir)
         keys.init_keys(self.keys_dir)
-        ledger.open_database(s.database)
+        open_database(s.database)
         spool.prepare_spool(self.spool)
         self.store.mkdir(mode=0o700)
         self.now = ledger.utcnow()
@@ -88,7 +89,7 @@ def failing(results: dict) -> set[str]:
 def site(tmp_path):
     s = Site(tmp_path / "data")
     yield s
-    ledger.close_database()
+    close_database()
 
 
 def test_a_compliant_installation_passes_every_check(site):

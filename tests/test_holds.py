@@ -10,6 +10,7 @@ import pytest
 from fs_consent.core import consent
 from fs_consent.privacy.withdrawal import recent_recorded_calls, withdraw_ended_call
 from fs_consent.store import holds, ledger
+from fs_consent.store.connection import close_database
 
 from .ledger_data import DAY, DataDir
 
@@ -18,7 +19,7 @@ from .ledger_data import DAY, DataDir
 def data(tmp_path):
     d = DataDir(tmp_path / "data")
     yield d
-    ledger.close_database()
+    close_database()
 
 
 def state(d: DataDir) -> tuple:

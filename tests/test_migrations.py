@@ -24,6 +24,7 @@ from playhouse.db_url import connect as connect_url
 from fs_consent.emulator import CallerScript, FreeSwitchEmulator
 from fs_consent.runtime.server import ConsentServer
 from fs_consent.store import audit, ledger, migrations
+from fs_consent.store.connection import close_database, open_database, sqlite_url
 
 from . import e2e
 from .fixtures.schema1 import models as v1
@@ -37,7 +38,7 @@ UPGRADES = [f"ledger: upgraded the database schema from version {v - 1} to {v}" 
 @pytest.fixture(autouse=True)
 def closed_ledger():
     yield
-    ledger.close_database()
+    close_database()
 
 
 # --- the fixture and what is in a database ---------------------------------------------------
@@ -148,7 +149,7 @@ def test_the_frozen_schema_1_models_make_the_fixtures_schema(tmp_path, data_dir)
 
 
 def open_ledger(data_dir: Path, **kwargs) -> None:
-    ledger.open_database(ledger.sqlite_url(data_dir / "ledger.db"), **kwargs)
+    open_database(sqlite_url(data_dir / "ledger.db"), **kwargs)
 
 
 def test_a_schema_1_data_dir_upgrades_without_losing_a_row(data_dir):
@@ -156,7 +157,7 @@ def test_a_schema_1_data_dir_upgrades_without_losing_a_row(data_dir):
     open_ledger(data_dir, announce=announced.append)
     assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION == 3
     assert announced == UPGRADES
-    ledger.close_database()
+    close_database()
 
     before, after = fixture_tables(), file_tables(data_dir / "ledger.db")
     for table, (columns, rows) in before.items():
@@ -184,7 +185,7 @@ def test_the_upgrade_is_in_the_audit_trail_and_the_trail_still_verifies(data_dir
     assert [(e.object_type, e.object_id, json.loads(e.detail)) for e in steps] == [
         ("schema", "2", {"from": 1, "to": 2}), ("schema", "3", {"from": 2, "to": 3})]
     assert steps[0].prev_hash == fixture_tables()["audit_entry"][1][-1][-1]  # chained to schema 1's last entry
-    ledger.close_database()
+    close_database()
 
     verified = fs_consent(data_dir, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
@@ -205,9 +206,9 @@ def test_the_cli_upgrades_an_old_data_dir_and_says_so(data_dir):
 
 def test_the_upgraded_schema_is_the_schema_a_new_installation_gets(tmp_path, data_dir):
     open_ledger(data_dir)
-    ledger.close_database()
-    ledger.open_database(ledger.sqlite_url(tmp_path / "new" / "ledger.db"))
-    ledger.close_database()
+    close_database()
+    open_database(sqlite_url(tmp_path / "new" / "ledger.db"))
+    close_database()
     assert sqlite_schema(data_dir / "ledger.db") == sqlite_schema(tmp_path / "new" / "ledger.db")
 
 
@@ -239,11 +240,11 @@ def test_the_new_tables_and_columns_work_on_an_upgraded_ledger(data_dir):
 
 def test_opening_an_upgraded_ledger_again_changes_nothing(data_dir):
     open_ledger(data_dir)
-    ledger.close_database()
+    close_database()
     digest = sha256_file(data_dir / "ledger.db")
     open_ledger(data_dir)
     assert migrations.migrate(ledger.database) == []
-    ledger.close_database()
+    close_database()
     assert sha256_file(data_dir / "ledger.db") == digest
 
 
@@ -310,10 +311,10 @@ def test_without_migrate_an_old_ledger_is_only_read(data_dir):
     digest = sha256_file(data_dir / "ledger.db")
     open_ledger(data_dir, migrate=False)
     assert migrations.read_schema_version(ledger.database) == 1
-    ledger.close_database()
+    close_database()
     assert sha256_file(data_dir / "ledger.db") == digest
     with pytest.raises(migrations.SchemaError, match="no ledger database at"):
-        ledger.open_database(ledger.sqlite_url(data_dir / "missing.db"), migrate=False)
+        open_database(sqlite_url(data_dir / "missing.db"), migrate=False)
     assert not (data_dir / "missing.db").exists()
 
 
@@ -327,9 +328,9 @@ def test_every_schema_version_after_the_first_has_a_step():
 def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(data_dir):
     """They all read version 1, then queue for the write lock (held here meanwhile): the first
     one upgrades, the others find it done under the lock."""
-    url = ledger.sqlite_url(data_dir / "ledger.db")
-    code = ("import sys; from fs_consent import ledger, migrations; print('ready', flush=True);"
-            "ledger.open_database(sys.argv[1]); print(migrations.read_schema_version(ledger.database))")
+    url = sqlite_url(data_dir / "ledger.db")
+    code = ("import sys; from fs_consent.store import ledger, migrations; from fs_consent.store.connection import open_database; print('ready', flush=True);"
+            "open_database(sys.argv[1]); print(migrations.read_schema_version(ledger.database))")
     holder = sqlite3.connect(data_dir / "ledger.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -386,7 +387,7 @@ def test_a_schema_1_ledger_on_postgresql_upgrades_without_losing_a_row(tmp_path)
     old, new = e2e.TestDatabase(), e2e.TestDatabase()
     try:
         rows = schema1_on_postgresql(old.url)
-        ledger.open_database(old.url)
+        open_database(old.url)
         assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION
         with ledger.database.obj.bind_ctx(v1.MODELS):
             for model in v1.MODELS:
@@ -403,14 +404,14 @@ def test_a_schema_1_ledger_on_postgresql_upgrades_without_losing_a_row(tmp_path)
         verification = audit.verify_trail(audit.trusted_keys(keys_dir))
         assert verification.ok and verification.checkpoints == 3, verification.summary()
         migrated = pg_schema(ledger.database.obj)
-        ledger.close_database()
+        close_database()
 
-        ledger.open_database(new.url)
+        open_database(new.url)
         fresh = pg_schema(ledger.database.obj)
-        ledger.close_database()
+        close_database()
         assert migrated == fresh
     finally:
-        ledger.close_database()
+        close_database()
         old.drop()
         new.drop()
 
@@ -422,8 +423,8 @@ def test_processes_opening_an_old_ledger_on_postgresql_at_once_upgrade_it_once()
     target = e2e.TestDatabase()
     try:
         schema1_on_postgresql(target.url)
-        code = ("import sys; from fs_consent import ledger, migrations; print('ready', flush=True);"
-                "ledger.open_database(sys.argv[1]); print(migrations.read_schema_version(ledger.database))")
+        code = ("import sys; from fs_consent.store import ledger, migrations; from fs_consent.store.connection import open_database; print('ready', flush=True);"
+                "open_database(sys.argv[1]); print(migrations.read_schema_version(ledger.database))")
         with psycopg.connect(target.url, autocommit=True) as holder:
             holder.execute("SELECT pg_advisory_lock(%s)", (migrations._PG_LOCK,))
             procs = [subprocess.Popen([sys.executable, "-c", code, target.url], stdout=subprocess.PIPE,
@@ -434,8 +435,8 @@ def test_processes_opening_an_old_ledger_on_postgresql_at_once_upgrade_it_once()
             outcomes = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, [err for _out, err in outcomes]
         assert [out.strip() for out, _err in outcomes] == [str(ledger.SCHEMA_VERSION)] * 4
-        ledger.open_database(target.url)
+        open_database(target.url)
         assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == 2
     finally:
-        ledger.close_database()
+        close_database()
         target.drop()

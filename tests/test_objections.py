@@ -10,6 +10,7 @@ import pytest
 from fs_consent.privacy import objections, subject_requests
 from fs_consent.privacy.subjects import SubjectError, phone_hash
 from fs_consent.store import ledger
+from fs_consent.store.connection import close_database
 
 from .ledger_data import DataDir
 
@@ -20,7 +21,7 @@ NUMBER = "0612345678"
 def data(tmp_path):
     d = DataDir(tmp_path / "data")
     yield d
-    ledger.close_database()
+    close_database()
 
 
 def request(ref: str) -> ledger.SubjectRequest:

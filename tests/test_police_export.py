@@ -14,6 +14,7 @@ import pytest
 from fs_consent.privacy import police_export
 from fs_consent.secure import keys
 from fs_consent.store import holds, ledger
+from fs_consent.store.connection import close_database
 
 from .ledger_data import DAY, DataDir, wav_bytes
 
@@ -22,7 +23,7 @@ from .ledger_data import DAY, DataDir, wav_bytes
 def data(tmp_path):
     d = DataDir(tmp_path / "data")
     yield d
-    ledger.close_database()
+    close_database()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from fs_consent.privacy import subject_requests as requests
 from fs_consent.reports import report
 from fs_consent.secure import keys
 from fs_consent.store import ledger
+from fs_consent.store.connection import close_database, open_database
 
 from .e2e import make_config
 
@@ -54,9 +55,9 @@ def site(tmp_path):
     data = tmp_path / "data"
     config = make_config(data)
     keys.init_keys(Path(config.storage.keys_dir))
-    ledger.open_database(config.storage.database)
+    open_database(config.storage.database)
     yield data, config
-    ledger.close_database()
+    close_database()
 
 
 @pytest.fixture

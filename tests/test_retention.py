@@ -14,6 +14,7 @@ from fs_consent.core.config import ConfigError, load_config
 from fs_consent.privacy import retention
 from fs_consent.privacy.retention import Purge, PurgeError, Terms, purge_lock
 from fs_consent.store import holds, ledger
+from fs_consent.store.connection import close_database
 
 from .ledger_data import AS_OF, DAY, DataDir
 from .test_freeswitch_kit import seconds, unit_settings
@@ -26,7 +27,7 @@ TERMS = Terms(dt.timedelta(days=60), dt.timedelta(days=365))
 def data(tmp_path):
     d = DataDir(tmp_path / "data")
     yield d
-    ledger.close_database()
+    close_database()
 
 
 def run_purge(d: DataDir, as_of=AS_OF, **options) -> retention.PurgeReport:
@@ -268,12 +269,12 @@ def count_writes(d: DataDir) -> int:
     original = Purge._write
     Purge._write = lambda self, work: (calls.append(1), original(self, work))[1]
     try:
-        ledger.close_database()
+        close_database()
         probe.open()
         run_purge(probe, batch_size=3)
     finally:
         Purge._write = original
-        ledger.close_database()
+        close_database()
         d.open()
     return len(calls)
 
@@ -285,11 +286,11 @@ def twins(data, tmp_path):
 
 
 def finish_like_uninterrupted(reference: DataDir, victim: DataDir) -> None:
-    ledger.close_database()
+    close_database()
     reference.open()
     run_purge(reference, batch_size=3)
     expected = snapshot(reference)
-    ledger.close_database()
+    close_database()
     victim.open()
     report = run_purge(victim, batch_size=3)  # the next run completes it
     assert snapshot(victim) == expected
@@ -303,9 +304,9 @@ def test_killed_inside_any_transaction_the_next_run_ends_as_an_uninterrupted_one
     writes = count_writes(victim)
     assert writes >= 8
     for kill_at in range(1, writes + 1):
-        ledger.close_database()
+        close_database()
         victim_copy = victim.copy_to(victim.root.parent / f"victim-{kill_at}")
-        ledger.close_database()
+        close_database()
         victim_copy.open()
         done = []
         original = Purge._write
@@ -331,7 +332,7 @@ def test_killed_inside_any_transaction_the_next_run_ends_as_an_uninterrupted_one
 @pytest.mark.parametrize("files_removed", [0, 1, 2, 4, 7])
 def test_killed_between_files_the_next_run_ends_as_an_uninterrupted_one(twins, files_removed):
     reference, victim = twins
-    ledger.close_database()
+    close_database()
     victim.open()
     removed = []
     original = victim.vault.delete

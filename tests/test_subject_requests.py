@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from fs_consent.privacy import subject_requests as requests
 from fs_consent.privacy.subject_requests import RequestError
 from fs_consent.store import ledger
+from fs_consent.store.connection import close_database
 
 from .ledger_data import DataDir
 
@@ -74,7 +75,7 @@ def test_due_date_examples():
 def data(tmp_path):
     d = DataDir(tmp_path / "data")
     yield d
-    ledger.close_database()
+    close_database()
 
 
 def state() -> tuple:

@@ -18,6 +18,7 @@ from fs_consent.privacy import objections, retention, subject_requests, subjects
 from fs_consent.privacy.retention import Purge, Terms, purge_lock
 from fs_consent.secure.protect import FieldProtector
 from fs_consent.store import holds, ledger
+from fs_consent.store.connection import close_database
 
 from .ledger_data import AS_OF, DAY, DataDir
 
@@ -31,7 +32,7 @@ A_FORMS = ["0612345678", "06-12345678", "06 1234 5678", "+31612345678", "+31 6 1
 def data(tmp_path):
     d = DataDir(tmp_path / "data")
     yield d
-    ledger.close_database()
+    close_database()
 
 
 def request(ref: str, kind: str, *, days_ago: int = 1) -> ledger.SubjectRequest:
@@ -105,7 +106,7 @@ def written(draw, nsn: str) -> str:
 def ledger_for_forms(tmp_path_factory):
     d = DataDir(tmp_path_factory.mktemp("forms") / "data")
     yield d
-    ledger.close_database()
+    close_database()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -41,7 +41,7 @@ class LedgerMissing(LedgerUnavailable):
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file of a ``sqlite:///`` URL (as ``ledger.open_database`` reads it); None for a server."""
+    """The file of a ``sqlite:///`` URL (as ``connection.open_database`` reads it); None for a server."""
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
@@ -116,6 +116,7 @@ def open_ledger(config, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, create: b
     :class:`LedgerUnavailable` with one line. An older schema is upgraded.
     """
     from ..store import ledger, migrations
+    from ..store.connection import close_database, open_database
 
     url = config.storage.database
     path = sqlite_path(url)
@@ -125,9 +126,9 @@ def open_ledger(config, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, create: b
     try:
         try:
             if create:
-                ledger.open_database(url, announce=announce, busy_timeout=lock_timeout)
+                open_database(url, announce=announce, busy_timeout=lock_timeout)
                 return
-            ledger.open_database(url, migrate=False, busy_timeout=lock_timeout)
+            open_database(url, migrate=False, busy_timeout=lock_timeout)
         except migrations.SchemaError as exc:
             raise LedgerUnavailable(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - each driver has its own errors; say it in one line
@@ -152,7 +153,7 @@ def open_ledger(config, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, create: b
                 raise
             raise LedgerUnavailable(message) from None
     except BaseException:
-        ledger.close_database()
+        close_database()
         raise
 
 

@@ -32,7 +32,8 @@ from ..privacy.withdrawal import recent_recorded_calls, withdraw_ended_call
 from ..secure import keys, spool
 from ..secure.protect import FieldProtector
 from ..secure.vault import Vault, VaultError, why
-from ..store import facts, holds, ledger
+from ..store import audit, facts, holds, ledger
+from ..store.connection import close_database, open_database
 from ..store.ledger import Call, ConsentEvent, Recording
 from ..store.writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
 from . import notify
@@ -89,7 +90,7 @@ class ServerContext:
             log.error("no valid age recipient in %s: calls go on, nothing is recorded",
                       Path(s.keys_dir) / keys.RECIPIENTS_FILE)
         spool.prepare_spool(self.spool_dir)
-        ledger.open_database(s.database, announce=self.announce)
+        open_database(s.database, announce=self.announce)
         self.vault = Vault(Path(s.store_dir), recipients, workers=s.seal_workers)
         self.vault.start()
         journal = Path(s.data_dir) / JOURNAL_FILE
@@ -106,7 +107,7 @@ class ServerContext:
         self.seals.join(timeout=self.config.server.drain_seconds)
         self.writer.stop()
         self.vault.stop()
-        ledger.close_database()
+        close_database()
 
     # --- recordings ---------------------------------------------------------------
 
@@ -355,8 +356,6 @@ class ConsentServer:
         return self.listener.address[:2]
 
     def start(self) -> None:
-        from ..store import audit  # before the database opens: registers the checkpoint table
-
         # the database thread holds the GIL while peewee builds its queries: hand it back to the
         # event loop (every caller's prompt) after 1 ms instead of Python's default 5 ms
         sys.setswitchinterval(GIL_SWITCH_S)

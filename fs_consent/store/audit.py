@@ -53,12 +53,12 @@ from typing import NamedTuple, TextIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from peewee import AutoField, CharField, DateTimeField, IntegerField, fn
+from peewee import fn
 
 from .. import __version__
 from ..core.logs import fields
 from ..secure import keys as keyfiles
-from .ledger import GENESIS_HASH, MODELS, AuditEntry, BaseModel, Meta, append_audit, database, utcnow
+from .ledger import GENESIS_HASH, AuditCheckpoint, AuditEntry, Meta, append_audit, database, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,6 @@ CSV_COLUMNS = ("record", "seq", "at", "actor", "action", "object_type", "object_
                "prev_hash", "hash", "signed_at", "public_key", "signature")
 BATCH = 5000
 
-
-class AuditCheckpoint(BaseModel):
-    """A signed statement "the trail's entry ``seq`` has hash ``head_hash``"."""
-
-    id = AutoField()
-    seq = IntegerField(index=True)  # the newest entry covered
-    head_hash = CharField()  # its hash
-    signed_at = DateTimeField()  # UTC
-    public_key = CharField()  # ed25519:<base64>, as keys.signing_public_key
-    signature = CharField()  # base64 Ed25519 signature over checkpoint_message()
-
-
-if AuditCheckpoint not in MODELS:
-    MODELS.append(AuditCheckpoint)
 
 _ENTRIES = AuditEntry._meta.table_name
 _CHECKPOINTS = AuditCheckpoint._meta.table_name

@@ -15,8 +15,6 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
-from typing import Callable
 
 from peewee import (
     AutoField,
@@ -29,10 +27,8 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
-    SqliteDatabase,
     TextField,
 )
-from playhouse.db_url import connect as connect_url
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +131,6 @@ class AuditEntry(BaseModel):
     hash = CharField()
 
 
-MODELS = [Meta, Call, Recording, ConsentEvent, AuditEntry]
 GENESIS_HASH = "0" * 64
 
 
@@ -186,8 +181,6 @@ class PurgePending(BaseModel):
     run = ForeignKeyField(PurgeRun)
     batch = IntegerField()
 
-
-MODELS += [CallFlag, LegalHold, PurgeRun, PurgePending]
 
 
 # --- data subject rights (subject_requests.py, subjects.py): schema version 2 ----------------
@@ -256,7 +249,19 @@ class CallDetail(BaseModel):
         indexes = ((("call", "field"), True),)
 
 
-MODELS += [SubjectRequest, Restriction, Objection, CallDetail]
+class AuditCheckpoint(BaseModel):
+    """A signed statement "the trail's entry ``seq`` has hash ``head_hash``"."""
+
+    id = AutoField()
+    seq = IntegerField(index=True)  # the newest entry covered
+    head_hash = CharField()  # its hash
+    signed_at = DateTimeField()  # UTC
+    public_key = CharField()  # ed25519:<base64>, as keys.signing_public_key
+    signature = CharField()  # base64 Ed25519 signature over checkpoint_message()
+
+
+MODELS = [Meta, Call, Recording, ConsentEvent, AuditEntry, CallFlag, LegalHold, PurgeRun, PurgePending,
+          SubjectRequest, Restriction, Objection, CallDetail, AuditCheckpoint]
 
 
 def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, object_type: str,
@@ -264,55 +269,6 @@ def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, objec
     canonical = json.dumps([at.isoformat(), actor, action, object_type, object_id, detail],
                            separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
-def open_database(url: str, *, migrate: bool = True, announce: Callable[[str], None] | None = None,
-                  busy_timeout: float = 5.0) -> None:
-    """Bind the models to ``url``; create the schema of a new database, upgrade an older one.
-
-    A database newer than this code raises ``migrations.SchemaTooNew`` (nothing changed); a
-    failed upgrade step raises ``migrations.MigrationFailed`` (the database stays at the
-    version before it). With ``migrate=False`` nothing is created or changed (a missing
-    SQLite file is a ``migrations.SchemaError``): for checks that only read the version.
-    ``busy_timeout``: how long (seconds) SQLite waits for another process's lock.
-    """
-    from . import migrations
-
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        created = not path.exists()
-        if created and not migrate:
-            raise migrations.SchemaError(f"no ledger database at {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = SqliteDatabase(
-            str(path),
-            lock_type="IMMEDIATE",  # writers queue at BEGIN, never fail on upgrade
-            pragmas={"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1,
-                     "busy_timeout": int(busy_timeout * 1000)},
-        )
-    else:
-        db = connect_url(url)
-        created = False
-    database.initialize(db)
-    db.connect(reuse_if_open=True)
-    if created:
-        os.chmod(path, 0o600)
-    if not migrate:
-        return
-    try:
-        migrations.prepare(db, announce=announce)
-    except Exception:
-        db.close()
-        raise
-
-
-def close_database() -> None:
-    if database.obj is not None and not database.is_closed():
-        database.close()
 
 
 def append_audit(actor: str, action: str, object_type: str, object_id: str, **detail) -> AuditEntry:

@@ -1,6 +1,6 @@
 """The ledger's schema version and the steps that upgrade an older database.
 
-The version is the ``meta`` row ``schema_version``. ``ledger.open_database`` calls
+The version is the ``meta`` row ``schema_version``. ``connection.open_database`` calls
 :func:`prepare`: an empty database gets every table of the current models at
 ``ledger.SCHEMA_VERSION``; an older one is upgraded step by step (:func:`migrate`); a
 newer one is refused (:class:`SchemaTooNew`) and left untouched.
@@ -203,8 +203,6 @@ STEPS: dict[int, Callable[[Database], None]] = {2: _to_2, 3: _to_3}
 
 
 def _create_current(db: Database) -> None:
-    from . import audit  # noqa: F401  (registers AuditCheckpoint in ledger.MODELS)
-
     db.create_tables(ledger.MODELS, safe=False)
     _write_version(db, ledger.SCHEMA_VERSION)
 

@@ -37,6 +37,7 @@ from gevent.threadpool import ThreadPool
 from peewee import InterfaceError, OperationalError
 
 from . import ledger
+from .connection import close_database
 from .facts import Fact, from_json
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ class LedgerWriter:
         self._greenlet.kill()
         self._greenlet = None
         for pool in (self._pool, self._reader):
-            pool.apply(ledger.close_database)  # each thread's own connection
+            pool.apply(close_database)  # each thread's own connection
             pool.kill()
         if self._journal is not None:
             if self._applied == self._seq:
