@@ -7,6 +7,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gevent.pool
+
+from .script import CallerScript
+from .switch import FreeSwitchEmulator
+
 # name -> (what the caller does, the fs_consent value expected in opt-out mode, in opt-in mode)
 SCENARIOS = {
     "refuse": (dict(digits=["1"]), "refused", "refused"),
@@ -27,8 +32,6 @@ _TIMED = ("caller_keys", "agent_keys", "hold")
 
 
 def caller_script(name: str, number: str, time_scale: float = 1.0):
-    from . import CallerScript
-
     behaviour = dict(SCENARIOS[name][0])
     for key in _TIMED:
         if key in behaviour:
@@ -91,9 +94,6 @@ def run_simulation(host: str, port: int, *, spool_dir: Path, calls: int, concurr
                    scenario: str = "mix", time_scale: float = 1.0, opt_in: bool = False,
                    chaos=None, call_timeout: float = 30.0) -> Summary:
     """``chaos``: the emulator's WireChaos (None: from the environment, on by default)."""
-    import gevent.pool
-
-    from . import FreeSwitchEmulator
 
     emulator = FreeSwitchEmulator(host, port, spool_dir=spool_dir, time_scale=time_scale, chaos=chaos)
     summary = Summary(chaos=emulator.chaos.describe())

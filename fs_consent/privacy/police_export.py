@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import __version__
 from ..secure import keys
+from ..secure.protect import FieldError, FieldProtector
 from ..secure.seal_worker import HashingWriter, discard, fsync_dir
 from ..secure.spool import is_recording_id
 from ..secure.vault import VaultError
@@ -177,7 +178,6 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
 def _caller_number(call, keys_dir: Path) -> str | None:
     if call.caller_sealed is None:
         return None  # anonymous caller, or erased after the call records' term
-    from ..secure.protect import FieldError, FieldProtector
 
     try:
         return FieldProtector(keys.load_field_key(keys_dir)).open("phone", bytes(call.caller_sealed))

@@ -23,7 +23,7 @@ from peewee import IntegrityError
 
 from ..store import ledger
 from ..store.holds import REF_PATTERN
-from ..store.ledger import SubjectRequest
+from ..store.ledger import Call, CallDetail, Objection, Restriction, SubjectRequest
 
 KINDS = ("access", "erase", "restrict", "rectify", "object")
 DECISIONS = ("granted", "refused")
@@ -212,7 +212,6 @@ def rows(*, overdue_only: bool = False, today: dt.date | None = None) -> list[di
 
 def detail(ref: str, *, today: dt.date | None = None) -> dict:
     """One request with its note and reasons, and what was done under it (``requests show``)."""
-    from ..store.ledger import Call, CallDetail, Objection, Restriction
 
     req = get(ref)
     row = _row(req, _today(today))

@@ -14,13 +14,13 @@ import datetime as dt
 from pathlib import Path
 
 from ..core import consent
+from ..secure.spool import recording_path
 from ..store import holds, ledger
 from ..store.ledger import Call, ConsentEvent, Recording
 
 
 def erase_recording_files(recording_id: str, spool_dir: Path, vault) -> None:
     """Remove every byte of a recording: plaintext in the spool and ciphertext in the store."""
-    from ..secure.spool import recording_path
 
     recording_path(spool_dir, recording_id).unlink(missing_ok=True)
     vault.delete(recording_id)

@@ -26,11 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from peewee import PeeweeException, SqliteDatabase
+from playhouse.db_url import connect as connect_url
+
 from .. import esl
 from ..core.config import ConfigError, load_config
 from ..secure import keys, spool
 from ..secure.vault import probe_writable
 from ..store import ledger
+from ..store.migrations import SchemaError, read_schema_version
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 ESL_TIMEOUT = 5.0  # seconds for the whole inbound event socket exchange
@@ -304,10 +308,6 @@ def _shown_url(config) -> str:
 
 def check_database(config) -> Check:
     """Reachable, and its schema version against this code's; read only (migrations run at start)."""
-    from peewee import PeeweeException, SqliteDatabase
-    from playhouse.db_url import connect as connect_url
-
-    from ..store.migrations import SchemaError, read_schema_version
 
     url, shown = config.storage.database, _shown_url(config)
     if url.startswith("sqlite:///"):

@@ -44,12 +44,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from peewee import fn
 
 from ..core import consent
 from ..core.durations import format_duration, parse_duration
+from ..privacy import subject_requests
+from ..privacy.retention import has_personal_fields
 from ..secure import keys as keyfiles
 from ..secure.spool import is_recording_id
 from ..store import ledger
+from ..store.audit import trusted_keys, verify_trail
+from ..store.ledger import SEALED, Call, PurgePending, Recording
 
 DAY = 86400.0
 # the privacy statement's terms (seed/000: "opnames 60 dagen", "belgegevens 1 jaar")
@@ -145,7 +150,6 @@ def overdue_recordings(terms: RetentionTerms, holds: Holds, now: dt.datetime, *,
                        limit: int = 1000) -> Overdue:
     """Recordings that may still have bytes on disk, started longer ago than their term,
     not under a legal hold."""
-    from ..store.ledger import Call, Recording
 
     cutoff = now - dt.timedelta(seconds=terms.recordings + grace)
     found = Overdue()
@@ -168,8 +172,6 @@ def overdue_calls(terms: RetentionTerms, holds: Holds, now: dt.datetime, *, grac
     """Call records that ended longer ago than their term and still hold personal fields
     (the caller's number or a rectified detail: ``retention.has_personal_fields``), not under a
     legal hold. What remains of a call once those are erased is anonymous statistics."""
-    from ..privacy.retention import has_personal_fields
-    from ..store.ledger import Call
 
     cutoff = now - dt.timedelta(seconds=terms.calls + grace)
     found = Overdue()
@@ -357,8 +359,6 @@ def check_retention_calls(config, opts: Options) -> CheckResult:
 
 
 def _sealed_recordings() -> Iterator[tuple[str, int | None]]:
-    from ..store.ledger import SEALED, Recording
-
     yield from (Recording.select(Recording.id, Recording.size).where(Recording.state == SEALED)
                 .order_by(Recording.id).tuples().iterator())
 
@@ -404,8 +404,6 @@ def check_recordings_encrypted(config, opts: Options) -> CheckResult:
 
 
 def check_recordings_deleted(config, opts: Options) -> CheckResult:
-    from ..store.ledger import SEALED, PurgePending, Recording
-
     store = Path(config.storage.store_dir)
     now = time.time()
     problems, unknown, files = [], 0, 0
@@ -447,10 +445,6 @@ def check_recordings_deleted(config, opts: Options) -> CheckResult:
 
 
 def check_spool_plaintext(config, opts: Options) -> CheckResult:
-    from peewee import fn
-
-    from ..store.ledger import Call
-
     spool = Path(config.storage.spool_dir)
     oldest_live = Call.select(fn.MIN(Call.started_at)).where(Call.ended_at.is_null()).scalar()
     longest = max(0.0, (opts.now - oldest_live).total_seconds()) if oldest_live else 0.0
@@ -508,8 +502,6 @@ def check_key_permissions(config, opts: Options) -> CheckResult:
 
 
 def check_requests_due(config, opts: Options) -> CheckResult:
-    from ..privacy import subject_requests
-
     today = opts.now.replace(tzinfo=dt.timezone.utc).astimezone().date()  # due dates are local calendar days
     late = subject_requests.rows(overdue_only=True, today=today)
     if late:
@@ -536,8 +528,6 @@ def check_calls_outcome(config, opts: Options) -> CheckResult:
 
 
 def check_audit_chain(config, opts: Options) -> CheckResult:
-    from ..store.audit import trusted_keys, verify_trail
-
     try:
         trusted = trusted_keys(Path(config.storage.keys_dir))
     except keyfiles.KeyFileError as exc:

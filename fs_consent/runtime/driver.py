@@ -48,6 +48,7 @@ from ..core.consent import (
 from ..core.logs import fields
 from ..esl.session import ChannelEvent, Closed, Completed, Connected, Lingering, OutboundSession, Reply
 from ..privacy import objections
+from ..secure.protect import normalise_phone
 from ..secure.spool import recording_path
 from ..store import facts as ledger_facts
 from ..store import ledger
@@ -250,8 +251,6 @@ class CallSession:
         self._close()
 
     def _protect_caller(self, number: str) -> None:
-        from ..secure.protect import normalise_phone
-
         try:
             normalised = normalise_phone(number)
         except ValueError:

@@ -51,11 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+import gevent
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from peewee import fn
 
 from .. import __version__
+from ..core.durations import format_duration
 from ..core.logs import fields
 from ..secure import keys as keyfiles
 from .ledger import GENESIS_HASH, AuditCheckpoint, AuditEntry, Meta, append_audit, database, utcnow
@@ -231,8 +233,6 @@ class Checkpointer:
                    every_seconds=a.checkpoint_every, witness_file=a.witness_file)
 
     def start(self) -> None:
-        import gevent
-
         if self._key is not None:
             self._sign("startup")
             self._greenlet = gevent.spawn(self._run)
@@ -247,8 +247,6 @@ class Checkpointer:
         self._sign("shutdown")
 
     def _run(self) -> None:
-        import gevent
-
         while True:
             gevent.sleep(self.poll)
             self._sign("periodic")
@@ -994,8 +992,6 @@ def verify_trail(trusted: set[str], *, pins: dict[int, str] | None = None, batch
 
 
 def _seconds(value: float) -> str:
-    from ..core.durations import format_duration
-
     return format_duration(value)
 
 
