@@ -12,6 +12,7 @@ import click
 from .. import __version__
 from ..core import logs
 from ..emulator.scenarios import SCENARIO_NAMES
+from ..privacy.errors import RecordingRestricted
 from .access import legal_claim_option
 from .ledger import DEFAULT_LOCK_TIMEOUT, MAX_LOCK_TIMEOUT
 from .output import render
@@ -350,7 +351,7 @@ def recordings_export(ctx: Context, recording_id, out, identity, case_ref, to_re
         raise click.ClickException(f"recording {recording_id} is {rec.state}, not sealed: nothing to export")
     try:
         restriction = subjects.refuse_if_restricted(rec.call_id, legal_claim=legal_claim)
-    except subjects.RecordingRestricted as exc:
+    except RecordingRestricted as exc:
         raise click.ClickException(str(exc)) from None
     if out.exists():
         raise click.ClickException(f"{out} exists; refusing to overwrite")

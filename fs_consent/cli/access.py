@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ..privacy.errors import SubjectError
 from .subject import phone_option, request_option, stdin_if_dash
 
 pass_ctx = click.pass_obj
@@ -75,7 +76,6 @@ def subject_export(ctx, number, ref, out, to_recipient, identity, legal_claim, t
     access request in the register; audited under its reference, never with the number.
     """
     from ..privacy import subject_export as access
-    from ..privacy.subjects import SubjectError
     from ..store.ledger import os_user
 
     config = ctx.config()
@@ -154,7 +154,7 @@ def recordings_play(ctx, recording_id, player, identity, legal_claim):
         restriction = subjects.refuse_if_restricted(rec.call_id, legal_claim=legal_claim)
         store_file = checked_store_file(ctx.vault(), rec)[0]
         identity_key = keys.load_identity(Path(ctx.config().storage.keys_dir), identity)
-    except (subjects.SubjectError, ExportError, keys.KeyFileError) as exc:
+    except (SubjectError, ExportError, keys.KeyFileError) as exc:
         _fail(exc)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE)

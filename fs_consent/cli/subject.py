@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ..privacy.errors import SubjectError
 from .output import render
 from .types import format_option
 
@@ -58,7 +59,7 @@ def _caller_hash(ctx, number: str) -> str:
     try:
         return subjects.phone_hash(subjects.protector_for(Path(ctx.config().storage.keys_dir)),
                                    stdin_if_dash(number))
-    except (subjects.SubjectError, keys.KeyFileError) as exc:
+    except (SubjectError, keys.KeyFileError) as exc:
         _fail(exc)
 
 
@@ -77,14 +78,13 @@ def _act(ctx, number: str, ref: str, kind: str, action):
 
     Returns (request, what the action returned); any refusal becomes one error line.
     """
-    from ..privacy import subjects
     from ..store import ledger
 
     caller_hash = _caller_hash(ctx, number)
     request = _request(ctx, ref, kind)
     try:
         return request, action(caller_hash, request, actor=ledger.os_user())
-    except subjects.SubjectError as exc:
+    except SubjectError as exc:
         _fail(exc)
 
 
@@ -162,7 +162,7 @@ def erase(ctx, number, ref, recordings_only, call_uuid):
     try:
         report = subjects.erase(caller_hash, request, actor=ledger.os_user(), spool_dir=Path(storage.spool_dir),
                                 vault=ctx.vault(), call_uuid=call_uuid, recordings_only=recordings_only)
-    except subjects.SubjectError as exc:
+    except SubjectError as exc:
         _fail(exc)
     deleted = f" ({', '.join(report.deleted)})" if report.deleted else ""
     line = f"request {report.request}: deleted {len(report.deleted)} recordings{deleted}"
@@ -248,7 +248,7 @@ def rectify(ctx, call_uuid, field_name, value, ref):
         protector = subjects.protector_for(Path(ctx.config().storage.keys_dir))
         subjects.rectify(call_uuid, field_name, stdin_if_dash(value), request, actor=ledger.os_user(),
                          protector=protector)
-    except (subjects.SubjectError, keys.KeyFileError) as exc:
+    except (SubjectError, keys.KeyFileError) as exc:
         _fail(exc)
     click.echo(f"request {request.ref}: rectified the {field_name} of call {call_uuid}")
 

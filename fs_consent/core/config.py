@@ -607,7 +607,7 @@ _PROMPT_FIELDS = ("file", "id", "version")
 
 
 #: The version of the consent texts in freeswitch/prompts/*.txt, stored with every decision:
-#: raise it whenever those texts change (tests/test_prompts.py holds it to the texts).
+#: raise it whenever those texts change (tests/freeswitch/test_prompts.py holds it to the texts).
 #: 2026-11-01: the first texts (~30 s); 2026-12-01: the short texts (at most 12 s).
 PROMPT_VERSION = "2026-12-01"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..store import ledger
 from ..store.ledger import Objection, SubjectRequest
-from .subjects import SubjectError
+from .errors import SubjectError
 
 
 def objects(caller_hash: str) -> bool:

@@ -45,6 +45,7 @@ from ..secure.vault import VaultError
 from ..store import holds, ledger
 from ..store.ledger import CallFlag, Recording
 from . import subjects
+from .errors import RecordingRestricted
 
 FORMAT = "fs-consent-export/1"
 MANIFEST = "manifest.json"
@@ -127,7 +128,7 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
         raise ExportError(f"recording {recording_id} {detail}: there is nothing to export")
     try:
         restriction = subjects.refuse_if_restricted(rec.call_id, legal_claim=legal_claim)
-    except subjects.RecordingRestricted as exc:
+    except RecordingRestricted as exc:
         raise ExportError(str(exc)) from None
     store_file, store_sha, store_size = checked_store_file(vault, rec)
     try:

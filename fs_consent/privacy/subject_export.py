@@ -40,6 +40,7 @@ from ..secure.vault import VaultError
 from ..store import holds, ledger
 from ..store.ledger import CallDetail, CallFlag, ConsentEvent, Objection, Recording
 from . import subject_requests, subjects
+from .errors import SubjectError
 from .police_export import (
     ExportError,
     checked_store_file,
@@ -72,7 +73,7 @@ def zone(name: str) -> dt.tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise subjects.SubjectError(f"unknown time zone {name!r}") from None
+        raise SubjectError(f"unknown time zone {name!r}") from None
 
 
 def export(number: str, *, request_ref: str, out_dir: Path, config, vault, actor: str,
@@ -86,12 +87,12 @@ def export(number: str, *, request_ref: str, out_dir: Path, config, vault, actor
         to = parse_recipient(recipient) if recipient is not None else None
         protector = subjects.protector_for(keys_dir)
     except (ExportError, keys.KeyFileError) as exc:
-        raise subjects.SubjectError(str(exc)) from None
+        raise SubjectError(str(exc)) from None
     caller_hash = subjects.phone_hash(protector, number)
     try:
         request = subject_requests.require(request_ref, "access", today=today)
     except subject_requests.RequestError as exc:
-        raise subjects.SubjectError(str(exc)) from None
+        raise SubjectError(str(exc)) from None
 
     doc = _collect(caller_hash, protector, normalise_phone(number), request, config, legal_claim)
     included = [r for c in doc["calls"] for r in c["recordings"] if r["included"]]
@@ -99,12 +100,12 @@ def export(number: str, *, request_ref: str, out_dir: Path, config, vault, actor
         stores = {r["id"]: checked_store_file(vault, Recording.get_by_id(r["id"]))[0] for r in included}
         identity = keys.load_identity(keys_dir, identity_path) if included or identity_path else None
     except (ExportError, keys.KeyFileError) as exc:
-        raise subjects.SubjectError(str(exc)) from None
+        raise SubjectError(str(exc)) from None
 
     try:
         created_dir = prepare_dir(out_dir)
     except ExportError as exc:
-        raise subjects.SubjectError(str(exc)) from None
+        raise SubjectError(str(exc)) from None
     written: list[Path] = []
     try:
         for rec in included:
@@ -125,7 +126,7 @@ def export(number: str, *, request_ref: str, out_dir: Path, config, vault, actor
     except BaseException as exc:
         discard_written(out_dir, written, created_dir)
         if isinstance(exc, (OSError, VaultError, ExportError)):
-            raise subjects.SubjectError(f"export to {out_dir} failed: {getattr(exc, 'strerror', None) or exc}; "
+            raise SubjectError(f"export to {out_dir} failed: {getattr(exc, 'strerror', None) or exc}; "
                                         "nothing was left behind") from None
         raise
     return AccessExport(out_dir, len(doc["calls"]), [p.name for p in written], doc["left_out"])
@@ -160,7 +161,7 @@ def _open(protector, kind: str, sealed, what: str) -> str:
     try:
         return protector.open(kind, bytes(sealed))
     except FieldError as exc:
-        raise subjects.SubjectError(f"{what} cannot be read: {exc}") from None
+        raise SubjectError(f"{what} cannot be read: {exc}") from None
 
 
 def _collect(caller_hash: str, protector, number: str, request, config, legal_claim: str | None) -> dict:

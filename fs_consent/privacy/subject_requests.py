@@ -21,8 +21,8 @@ import datetime as dt
 
 from peewee import IntegrityError
 
+from ..core.references import REFERENCE_RULE, is_reference
 from ..store import ledger
-from ..store.holds import REF_PATTERN
 from ..store.ledger import Call, CallDetail, Objection, Restriction, SubjectRequest
 
 KINDS = ("access", "erase", "restrict", "rectify", "object")
@@ -40,10 +40,8 @@ class RequestError(Exception):
 
 def check_ref(ref: str) -> str:
     """A request reference: 1-64 of letters, digits, ``.``, ``_``, ``-``; no leading dot."""
-    if not isinstance(ref, str) or not REF_PATTERN.fullmatch(ref):
-        # the value is not repeated: a mistyped reference could be a name
-        raise RequestError("the request reference is not allowed: use 1 to 64 letters, digits, '.', '_' or '-', "
-                           "not starting with '.'")
+    if not is_reference(ref):  # the value is not repeated: a mistyped reference could be a name
+        raise RequestError(f"the request reference is not allowed: {REFERENCE_RULE}")
     return ref
 
 

@@ -35,6 +35,7 @@ from ..secure import keys
 from ..secure.protect import FieldProtector, normalise_phone
 from ..store import holds, ledger
 from ..store.ledger import Call, CallDetail, LegalHold, Objection, Recording, Restriction, SubjectRequest
+from .errors import RecordingRestricted, SubjectError
 from .withdrawal import erase_recording_files
 
 #: the call details a rectification may set; each is also its protect.py kind
@@ -42,14 +43,6 @@ FIELDS = ("name", "address", "subject")
 ERASURE_REASON = "erasure"  # Recording.state_reason of a recording deleted by an erasure
 #: recording states with nothing left to delete
 GONE_STATES = (ledger.DELETED, ledger.DISCARDED)
-
-
-class SubjectError(Exception):
-    """Bad input for a subject command (unparseable number, unknown call...); nothing changed."""
-
-
-class RecordingRestricted(SubjectError):
-    """Playing or exporting was refused: the call is restricted (art. 18) and no legal claim was given."""
 
 
 def protector_for(keys_dir: Path) -> FieldProtector:

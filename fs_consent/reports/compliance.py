@@ -27,273 +27,28 @@ table when there is one. Both are read defensively: either may not exist yet.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import hmac
 import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from hashlib import sha256
+from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from peewee import fn
 
 from ..core import consent
-from ..core.durations import format_duration, parse_duration
+from ..core.durations import format_duration
 from ..privacy import subject_requests
-from ..privacy.retention import has_personal_fields
 from ..secure import keys as keyfiles
+from ..secure.age_header import AgeHeaderError, HeaderOpener, read_age_header
 from ..secure.spool import is_recording_id
 from ..store import ledger
 from ..store.audit import trusted_keys, verify_trail
 from ..store.ledger import SEALED, Call, PurgePending, Recording
+from .overdue import STATEMENT_TERMS, legal_holds, overdue_calls, overdue_recordings, retention_terms
 
-DAY = 86400.0
-# the privacy statement's terms (seed/000: "opnames 60 dagen", "belgegevens 1 jaar")
-STATEMENT_TERMS = {"recordings": 60 * DAY, "calls": 365 * DAY}
 SHOW = 5  # problems named per check line; the rest are counted
-
-
-# --- retention terms and legal holds (shared with the report) ------------------------------
-
-
-@dataclass(frozen=True)
-class RetentionTerms:
-    recordings: float  # seconds
-    calls: float
-    source: str  # "config" or "defaults"
-
-    def describe(self) -> str:
-        return f"recordings {format_duration(self.recordings)}, call data {format_duration(self.calls)}"
-
-
-def _seconds(value) -> float:
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, str):
-        return parse_duration(value)
-    return float(value)
-
-
-def retention_terms(config) -> RetentionTerms:
-    """``[retention]`` from the config (``recordings``, and ``call_records`` or ``calls``) if
-    it has that section, else the statement's terms (60 days, 1 year)."""
-    section = getattr(config, "retention", None)
-    if section is None:
-        return RetentionTerms(STATEMENT_TERMS["recordings"], STATEMENT_TERMS["calls"], "defaults")
-    values = {}
-    for name, aliases in (("recordings", ("recordings",)), ("calls", ("call_records", "calls"))):
-        value = next((v for v in (getattr(section, a, None) for a in aliases) if v is not None), None)
-        values[name] = STATEMENT_TERMS[name] if value is None else _seconds(value)
-    return RetentionTerms(values["recordings"], values["calls"], "config")
-
-
-@dataclass(frozen=True)
-class Holds:
-    recording_ids: frozenset = frozenset()
-    call_ids: frozenset = frozenset()  # Call.id (integer) of calls whose record is held
-    present: bool = False  # a LegalHold table exists
-    per_call: bool = False  # holds name calls only: a held call holds all its recordings
-
-    def holds_recording(self, recording_id: str, call_id: int) -> bool:
-        return recording_id in self.recording_ids or (self.per_call and call_id in self.call_ids)
-
-    @property
-    def count(self) -> int:
-        return len(self.call_ids) if self.per_call else len(self.recording_ids)
-
-
-def legal_holds() -> Holds:
-    """Active legal holds, from ``ledger.LegalHold`` if that model and its table exist.
-
-    Tolerates the shapes such a table is likely to have: a ``recording`` and/or ``call``
-    foreign key (or ``*_id`` column), and ``released_at`` (active while null) or ``active``.
-    """
-    model = getattr(ledger, "LegalHold", None)
-    if model is None or not model.table_exists():
-        return Holds()
-    fields = model._meta.fields
-    query = model.select()
-    if "released_at" in fields:
-        query = query.where(fields["released_at"].is_null())
-    elif "active" in fields:
-        query = query.where(fields["active"] == True)  # noqa: E712 (peewee expression)
-    columns = {}
-    for name in ("recording", "call"):
-        column = fields.get(name) or fields.get(f"{name}_id")
-        if column is not None:
-            columns[name] = {v for (v,) in query.select(column).tuples() if v is not None}
-    return Holds(frozenset(columns.get("recording", ())), frozenset(columns.get("call", ())), True,
-                 per_call="recording" not in columns)
-
-
-@dataclass
-class Overdue:
-    count: int = 0
-    rows: list[dict] = field(default_factory=list)  # the first ``limit``
-
-
-# recording states that may still have bytes on disk: sealed (ciphertext), failed (plaintext
-# kept for recovery), recording (a crash nobody recovered from); the purge's own list
-RETAINED_STATES = (ledger.SEALED, ledger.FAILED, ledger.RECORDING)
-
-
-def overdue_recordings(terms: RetentionTerms, holds: Holds, now: dt.datetime, *, grace: float = 0.0,
-                       limit: int = 1000) -> Overdue:
-    """Recordings that may still have bytes on disk, started longer ago than their term,
-    not under a legal hold."""
-
-    cutoff = now - dt.timedelta(seconds=terms.recordings + grace)
-    found = Overdue()
-    query = (Recording.select(Recording.id, Recording.started_at, Recording.call, Call.uuid).join(Call)
-             .where(Recording.state.in_(RETAINED_STATES) & (Recording.started_at < cutoff))
-             .order_by(Recording.started_at).tuples())
-    for rec_id, started_at, call_id, call_uuid in query.iterator():
-        if holds.holds_recording(rec_id, call_id):
-            continue
-        found.count += 1
-        if len(found.rows) < limit:
-            found.rows.append({"recording_id": rec_id, "call_uuid": call_uuid, "counted_from": started_at,
-                               "age_days": round((now - started_at).total_seconds() / DAY, 1),
-                               "term": format_duration(terms.recordings)})
-    return found
-
-
-def overdue_calls(terms: RetentionTerms, holds: Holds, now: dt.datetime, *, grace: float = 0.0,
-                  limit: int = 1000) -> Overdue:
-    """Call records that ended longer ago than their term and still hold personal fields
-    (the caller's number or a rectified detail: ``retention.has_personal_fields``), not under a
-    legal hold. What remains of a call once those are erased is anonymous statistics."""
-
-    cutoff = now - dt.timedelta(seconds=terms.calls + grace)
-    found = Overdue()
-    query = (Call.select(Call.id, Call.uuid, Call.ended_at)
-             .where((Call.ended_at < cutoff) & has_personal_fields())
-             .order_by(Call.ended_at).tuples())
-    for call_id, call_uuid, ended_at in query.iterator():
-        if call_id in holds.call_ids:
-            continue
-        found.count += 1
-        if len(found.rows) < limit:
-            found.rows.append({"call_uuid": call_uuid, "counted_from": ended_at,
-                               "age_days": round((now - ended_at).total_seconds() / DAY, 1),
-                               "term": format_duration(terms.calls)})
-    return found
-
-
-# --- age headers (age-encryption.org/v1) ---------------------------------------------------
-
-_AGE_MAGIC = b"age-encryption.org/v1\n"
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-
-
-class AgeHeaderError(Exception):
-    pass
-
-
-def _b64(text: bytes) -> bytes:
-    """age's base64: standard alphabet, no padding (canonical)."""
-    try:
-        return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
-        raise AgeHeaderError("bad base64 in the header") from None
-
-
-@dataclass(frozen=True)
-class AgeHeader:
-    stanzas: list  # (type, [args], body bytes)
-    mac: bytes
-    mac_input: bytes  # the header up to and including "---"
-
-
-def read_age_header(path: Path, limit: int = 1 << 16) -> AgeHeader:
-    """Parse the header of an age v1 file (reads only the header)."""
-    with open(path, "rb") as f:
-        data = f.read(limit)
-    if not data.startswith(_AGE_MAGIC):
-        raise AgeHeaderError("not an age v1 file (no age-encryption.org/v1 header)")
-    lines = data[len(_AGE_MAGIC):].split(b"\n")
-    pos, stanzas, i = len(_AGE_MAGIC), [], 0
-    while i < len(lines) - 1:  # the last piece has no newline: payload or a cut
-        line = lines[i]
-        if line.startswith(b"---"):
-            if not line.startswith(b"--- "):
-                raise AgeHeaderError("malformed header MAC line")
-            return AgeHeader(stanzas, _b64(line[4:]), data[:pos + 3])
-        if not line.startswith(b"-> "):
-            raise AgeHeaderError("malformed header line")
-        args = line[3:].split(b" ")
-        pos += len(line) + 1
-        body = b""
-        while True:
-            i += 1
-            if i >= len(lines) - 1:
-                raise AgeHeaderError("header is cut off")
-            chunk = lines[i]
-            pos += len(chunk) + 1
-            body += chunk
-            if len(chunk) < 64:
-                break
-        stanzas.append((args[0].decode("ascii", "replace"), args[1:], _b64(body)))
-        i += 1
-    raise AgeHeaderError("no end of header (--- line) found")
-
-
-def _bech32_decode(text: str, hrp: str) -> bytes:
-    text = text.strip().lower()
-    sep = text.rfind("1")
-    if text[:sep] != hrp or sep < 1 or any(c not in _BECH32 for c in text[sep + 1:]):
-        raise ValueError(f"not a bech32 {hrp} string")
-    data = [_BECH32.index(c) for c in text[sep + 1:]]
-    chk = 1
-    for value in [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp] + data:
-        top, chk = chk >> 25, ((chk & 0x1FFFFFF) << 5) ^ value
-        for i, gen in enumerate((0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)):
-            chk ^= gen if (top >> i) & 1 else 0
-    if chk != 1:
-        raise ValueError("bech32 checksum mismatch")
-    acc, bits, out = 0, 0, bytearray()
-    for value in data[:-6]:
-        acc, bits = (acc << 5) | value, bits + 5
-        if bits >= 8:
-            bits -= 8
-            out.append((acc >> bits) & 0xFF)
-    return bytes(out)
-
-
-class HeaderOpener:
-    """Opens age headers with one X25519 identity: unwraps the file key, checks the MAC."""
-
-    def __init__(self, identity_text: str):
-        self._key = X25519PrivateKey.from_private_bytes(_bech32_decode(identity_text, "age-secret-key-"))
-        self._public = self._key.public_key().public_bytes_raw()
-
-    def file_key(self, header: AgeHeader) -> bytes:
-        for kind, args, body in header.stanzas:
-            if kind != "X25519" or len(args) != 1 or len(body) != 32:
-                continue
-            share = _b64(args[0])
-            if len(share) != 32:
-                continue
-            shared = self._key.exchange(X25519PublicKey.from_public_bytes(share))
-            wrap = HKDF(hashes.SHA256(), 32, share + self._public, b"age-encryption.org/v1/X25519").derive(shared)
-            try:
-                file_key = ChaCha20Poly1305(wrap).decrypt(b"\x00" * 12, body, None)
-            except InvalidTag:
-                continue  # another recipient's stanza
-            mac_key = HKDF(hashes.SHA256(), 32, b"", b"header").derive(file_key)
-            if not hmac.compare_digest(hmac.new(mac_key, header.mac_input, sha256).digest(), header.mac):
-                raise AgeHeaderError("the header MAC does not match (the header was altered)")
-            return file_key
-        raise AgeHeaderError("no stanza opens with the identity (not sealed to this recipient)")
 
 
 # --- the checks ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ..core import consent
 from ..core.durations import format_duration
 from ..privacy import subject_requests as request_register
 from ..store import ledger
-from .compliance import legal_holds, overdue_calls, overdue_recordings, retention_terms
+from .overdue import legal_holds, overdue_calls, overdue_recordings, retention_terms
 
 REPORT_FORMATS = ("table", "json", "csv", "html")
 

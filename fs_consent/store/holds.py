@@ -19,9 +19,9 @@ pseudonymous ids only (notes are free text and stay out of the audit detail).
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable
 
+from ..core.references import REFERENCE_RULE, is_reference
 from ..secure.spool import is_recording_id
 from . import ledger
 from .ledger import Call, CallFlag, LegalHold, Recording
@@ -30,7 +30,6 @@ REASONS = ("aggression", "intimidation", "other")
 FLAG_KINDS = ("aggression",)  # agent flags that put the sealed recording under hold
 FLAG_NOTE = "placed by the agent's aggression key during the call"
 # a reference (police case, subject request): it may name files of an export, so nothing path-like
-REF_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 class HoldError(Exception):
@@ -46,11 +45,8 @@ def check_case_ref(value: str) -> str:
 
     It names files and directories of an export, so nothing path-like passes.
     """
-    if not isinstance(value, str) or not REF_PATTERN.fullmatch(value):
-        raise HoldError(
-            f"case reference {value!r} is not allowed: use 1 to 64 letters, digits, '.', '_' "
-            "or '-', not starting with '.'"
-        )
+    if not is_reference(value):
+        raise HoldError(f"case reference {value!r} is not allowed: {REFERENCE_RULE}")
     return value
 
 

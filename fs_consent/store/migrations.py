@@ -15,7 +15,7 @@ database at once, one upgrades and the other finds it done.
 A step's DDL is frozen as of its version (its own table definitions here, never the
 current models), so a later step can change those tables again. To change the schema:
 raise ``SCHEMA_VERSION``, add the step to ``STEPS``, and keep a fixture of the previous
-release's data dir (``tests/fixtures/README.md``); ``tests/test_migrations.py`` then holds
+release's data dir (``tests/fixtures/README.md``); ``tests/store/test_migrations.py`` then holds
 the upgraded database equal to a freshly created one.
 """
 
