@@ -12,6 +12,15 @@ from fs_consent.emulator.chaos import ENV_CHAOS, ENV_SEED, WireChaos, random_see
 _REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e/ (real processes, sockets and many calls) is ``slow``:
+    ``pytest -m "not slow"`` (``tox -e quick``) is the fast local loop."""
+    e2e = _REPO / "tests" / "e2e"
+    for item in items:
+        if e2e in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Every emulator in this run draws its wire disorder from one seed, shown in the header."""
     os.environ.setdefault(ENV_SEED, str(random_seed()))

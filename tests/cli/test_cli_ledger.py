@@ -111,6 +111,7 @@ def ledger_file(installed) -> Path:
 # --- no ledger where --data-dir says ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", LEDGER_COMMANDS, ids=" ".join)
 def test_a_mistyped_data_dir_is_refused_and_nothing_is_created(installed, tmp_path, command):
     typo = tmp_path / "dat"  # the installation is tmp_path/"data"
@@ -132,6 +133,7 @@ def test_a_data_dir_without_a_ledger_db_is_refused_and_left_as_it_was(tmp_path):
     assert tree(data) == ["keys"]
 
 
+@pytest.mark.slow
 def test_a_mistyped_data_dir_in_a_real_process(installed, tmp_path):
     typo = tmp_path / "dat"
     for command in (("calls", "list"), ADD_REQUEST, ("withdraw", "some-call"), ("compliance",)):
@@ -176,6 +178,7 @@ def test_a_file_as_data_dir_is_one_error(tmp_path, command):
     assert afile.read_text() == "not a directory\n"
 
 
+@pytest.mark.slow
 def test_a_file_as_data_dir_in_a_real_process(tmp_path):
     afile = tmp_path / "notes.txt"
     afile.write_text("x")
@@ -194,6 +197,7 @@ def _without_dac_override() -> tuple[str, ...]:
     return ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
 
 
+@pytest.mark.slow
 def test_an_unreadable_data_dir_or_ledger_is_one_error(installed, ledger_file):
     prefix = _without_dac_override()
     os.chmod(ledger_file, 0)
@@ -234,6 +238,7 @@ def test_a_truncated_ledger_is_one_error_naming_the_file(ledger_file):
     (b"SQLite format 3\x00\x10\x00", "truncated to 18 bytes"),
     (b"calls,outcome\nabc,granted\n" * 200, "it is not a SQLite database file"),
 ])
+@pytest.mark.slow
 def test_an_emptied_or_foreign_ledger_file_is_one_error(ledger_file, content, detail):
     ledger_file.write_bytes(content)
     result = cli(ledger_file.parent, "calls", "list")
@@ -243,6 +248,7 @@ def test_an_emptied_or_foreign_ledger_file_is_one_error(ledger_file, content, de
     assert ledger_file.read_bytes() == content
 
 
+@pytest.mark.slow
 def test_a_damaged_page_met_during_a_command_is_one_error(ledger_file):
     """The header is whole, but the call table's root page is garbage: SQLite notices only
     when the command reads it ("database disk image is malformed")."""
@@ -273,6 +279,7 @@ conn.execute("ROLLBACK")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["EXCLUSIVE", "IMMEDIATE"])
 def test_a_ledger_locked_by_another_process_is_waited_for_then_one_error(ledger_file, mode):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ledger_file), mode], stdin=subprocess.PIPE,
@@ -328,6 +335,7 @@ def test_the_lock_timeout_is_documented_and_bounded(tmp_path):
 # --- anything else: one line, the exception's type, no personal value ------------------------
 
 
+@pytest.mark.slow
 def test_an_unforeseen_failure_shows_its_type_only(installed, ledger_file):
     """A real ledger whose schema version holds a phone number (damage nobody foresaw):
     the ValueError's message would show it; the line does not."""

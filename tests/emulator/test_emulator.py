@@ -169,6 +169,7 @@ def longest_silence(frames: list) -> int:
 # ------------------------------------------------------------------ greenswitch
 
 
+@pytest.mark.slow
 def test_greenswitch_app_runs_a_whole_call(tmp_path):
     """greenswitch 0.0.19, an independent client, agrees with the emulator end to end."""
     seen: dict = {}
@@ -228,6 +229,7 @@ def test_greenswitch_app_runs_a_whole_call(tmp_path):
 # ------------------------------------------------------------------ recordings
 
 
+@pytest.mark.slow
 def test_stereo_bridge_only_recording_with_a_masked_stretch(dial, tmp_path):
     path = tmp_path / "call.wav"
     app = dial(CallerScript(digits=[None], menu_seconds=0.3, talk_seconds=0.6))
@@ -357,6 +359,7 @@ END = ["CHANNEL_STATE", "CHANNEL_HANGUP_COMPLETE"]
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
+@pytest.mark.slow
 def test_hangup_at_each_point_follows_the_captured_order(dial, tmp_path, point, script, running, expected):
     # none of these hang-ups races the completion (that one, s13, is in test_emulator_chaos.py)
     app = dial(script)
@@ -440,6 +443,7 @@ def test_emulator_without_linger_ignores_the_linger_command(dial, tmp_path):
     assert app.log[-1].headers["Content-Disposition"] == "disconnect"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "waited"), [("linger", 1.0), ("linger 30", 0.3)])
 def test_linger_without_exit_times_out(dial, command, waited):
     """s5: the switch says goodbye by itself (linger N is scaled by time_scale)."""
@@ -557,6 +561,7 @@ def test_greenswitch_default_play_and_get_digits_transfers_to_none(dial):
 @pytest.mark.parametrize(
     ("respond", "runs_here"), [("a", True), ("o", True), ("s", False), ("b", False)]
 )
+@pytest.mark.slow
 def test_agent_meta_keys_run_the_bound_app_on_our_channel_or_not(dial, respond, runs_here):
     """listen b (the agent dials): respond a (our leg) or o (opposite the dialer) runs it here;
     s (the dialer's own leg) and b run it on the agent's leg, whose events never reach us."""
@@ -623,6 +628,7 @@ def test_a_call_that_never_ends_is_cut_off(tmp_path):
     listener.close()
 
 
+@pytest.mark.slow
 def test_many_concurrent_calls(tmp_path):
     """Calls run side by side in one process, each with its own recording."""
     listener = socket.socket()

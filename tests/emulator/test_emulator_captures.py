@@ -248,6 +248,7 @@ def require(captures_dir: Path, name: str) -> None:
                     "FS_CONSENT_CAPTURES points elsewhere)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_replay_matches_capture(name, captures_dir, server, tmp_path):
     require(captures_dir, name)
@@ -275,6 +276,7 @@ def test_what_the_replays_force(captures_dir):
     assert races == {"s13_pagd_complete_before_hangup.outbound"} & set(captures)
 
 
+@pytest.mark.slow
 def test_every_outbound_capture_has_a_replay(captures_dir):
     outbound = {
         p.relative_to(captures_dir).as_posix()[: -len(".rx.bin")]

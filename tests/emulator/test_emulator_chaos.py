@@ -598,6 +598,7 @@ def reference(flow: str, race: bool) -> tuple[Counter, list]:
     return _REFERENCE[flow, race]
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), flow=st.sampled_from(sorted(FLOWS)))
 def test_any_seed_moves_events_but_keeps_every_frame_and_the_reply_order(seed, flow):

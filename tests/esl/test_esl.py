@@ -93,6 +93,7 @@ def test_every_tx_capture_reencodes_byte_exact(tx_capture, captures_dir):
     assert b"".join(reencode_command(c) for c in commands) == data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["rx", "tx"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.integers(min_value=1, max_value=4000), max_size=200))
@@ -180,6 +181,7 @@ def test_url_encode_follows_switch_url_encode(value, encoded):
     assert esl.url_encode(value) == encoded
 
 
+@pytest.mark.slow
 @given(st.text())
 def test_url_encode_round_trips_without_percent_escapes(text):
     """Everything decodes back, except what FreeSWITCH itself leaves as ``%XX``."""
@@ -297,6 +299,7 @@ frame_lines = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(frame_lines, st.binary(max_size=40)), min_size=1, max_size=5),
        st.lists(st.integers(min_value=1, max_value=30), max_size=40))
+@pytest.mark.slow
 def test_generated_events_round_trip_in_any_chunking(frames, sizes):
     data = b"".join(esl.encode_event(headers, body) for headers, body in frames)
     parser, messages = esl.FrameParser(), []

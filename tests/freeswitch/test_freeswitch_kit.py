@@ -329,6 +329,7 @@ def test_unit_is_sandboxed(unit):
     assert service["Environment"] == ["FS_CONSENT_DATA_DIR=/var/lib/fs-consent"]
 
 
+@pytest.mark.slow
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -69,6 +69,7 @@ def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_the_recording_is_streamed_into_the_player_and_audited(harness, listener, tmp_path):
     rec, wav_sha = recorded(harness, talk_seconds=0.6)
     data_dir = Path(harness.config.storage.data_dir)
@@ -85,6 +86,7 @@ def test_the_recording_is_streamed_into_the_player_and_audited(harness, listener
                         "legal_claim": None, "restriction": None}]
 
 
+@pytest.mark.slow
 def test_the_default_player_is_sox_play_reading_a_wav_from_stdin(harness, listener, tmp_path):
     rec, wav_sha = recorded(harness)
     bin_dir = tmp_path / "bin"
@@ -107,6 +109,7 @@ def test_the_default_player_is_sox_play_reading_a_wav_from_stdin(harness, listen
     assert len(plays()) == 1
 
 
+@pytest.mark.slow
 def test_a_restricted_recording_is_played_only_for_a_legal_claim(harness, listener, tmp_path):
     rec, wav_sha = recorded(harness)
     request = subject_requests.add("BP-7", "restrict", dt.date.today(), actor="privacy-officer")
@@ -130,6 +133,7 @@ def test_a_restricted_recording_is_played_only_for_a_legal_claim(harness, listen
 
 @pytest.mark.parametrize("case", ["unknown", "deleted", "no-such-player", "empty-player", "unbalanced-quote",
                                   "blank-claim", "tampered"])
+@pytest.mark.slow
 def test_what_cannot_be_played_is_a_clear_error_and_nothing_is_audited(harness, listener, tmp_path, case):
     rec, _ = recorded(harness)
     heard = tmp_path / "heard.json"
@@ -170,6 +174,7 @@ def test_what_cannot_be_played_is_a_clear_error_and_nothing_is_audited(harness, 
     assert not heard.exists() and ledger.AuditEntry.select().count() == before
 
 
+@pytest.mark.slow
 def test_a_player_that_fails_is_reported(harness, tmp_path):
     rec, _ = recorded(harness)
     failing = shlex.join([sys.executable, "-c", "import sys; sys.exit(3)"])

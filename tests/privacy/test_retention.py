@@ -299,6 +299,7 @@ def finish_like_uninterrupted(reference: DataDir, victim: DataDir) -> None:
     assert ledger.PurgeRun.get_by_id(1).status == "interrupted"
 
 
+@pytest.mark.slow
 def test_killed_inside_any_transaction_the_next_run_ends_as_an_uninterrupted_one(twins):
     reference, victim = twins
     writes = count_writes(victim)
@@ -329,6 +330,7 @@ def test_killed_inside_any_transaction_the_next_run_ends_as_an_uninterrupted_one
         finish_like_uninterrupted(ref_copy, victim_copy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("files_removed", [0, 1, 2, 4, 7])
 def test_killed_between_files_the_next_run_ends_as_an_uninterrupted_one(twins, files_removed):
     reference, victim = twins
@@ -407,6 +409,7 @@ def test_the_purge_service_runs_the_purge_as_the_server_runs_the_server():
             assert service.get(key) == values, key
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_progress_bar_and_the_summary(data):
     import os
     import pty

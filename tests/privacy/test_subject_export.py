@@ -109,6 +109,7 @@ def export(h: Harness, out: Path, *extra: str, number: str = A_WRITTEN, ref: str
 # --- the export -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_export_holds_every_call_of_the_number_and_nothing_else(harness, history, tmp_path):
     access_request()
     first = recording_of(harness, history.a_granted[0])
@@ -168,6 +169,7 @@ def test_the_export_holds_every_call_of_the_number_and_nothing_else(harness, his
     assert "11112222" not in entry.detail and "Jan" not in entry.detail
 
 
+@pytest.mark.slow
 def test_re_encrypted_to_the_requesters_key_it_opens_with_age_only_for_them(harness, history, tmp_path):
     access_request()
     identity = tmp_path / "requester.txt"
@@ -193,6 +195,7 @@ def test_re_encrypted_to_the_requesters_key_it_opens_with_age_only_for_them(harn
     assert json.loads(audit("subject.export")[0].detail)["to_recipient"] is True
 
 
+@pytest.mark.slow
 def test_a_number_without_calls_gets_a_summary_that_nothing_is_held(harness, tmp_path):
     harness.call(digits=[None], caller_number=B_CALLER_ID)
     access_request()
@@ -210,6 +213,7 @@ def test_a_number_without_calls_gets_a_summary_that_nothing_is_held(harness, tmp
 # --- restriction (art. 18) ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_restricted_calls_recording_is_left_out_unless_for_a_legal_claim(harness, history, tmp_path):
     access_request()
     kept, restricted = (recording_of(harness, uuid) for uuid in history.a_granted)
@@ -236,6 +240,7 @@ def test_a_restricted_calls_recording_is_left_out_unless_for_a_legal_claim(harne
     assert detail["left_out"] == []
 
 
+@pytest.mark.slow
 def test_restriction_blocks_the_recordings_export_unless_for_a_legal_claim(harness, history, tmp_path):
     rec = recording_of(harness, history.a_granted[0])
     restrict(harness, history.a_granted[0])
@@ -266,6 +271,7 @@ def test_restriction_blocks_the_recordings_export_unless_for_a_legal_claim(harne
     assert done.returncode == 2 and "--legal-claim" in done.stderr and not (tmp_path / "x.wav").exists()
 
 
+@pytest.mark.slow
 def test_a_lifted_restriction_no_longer_blocks(harness, history, tmp_path):
     rec = recording_of(harness, history.a_granted[0])
     restriction = restrict(harness, history.a_granted[0])
@@ -283,6 +289,7 @@ def test_a_lifted_restriction_no_longer_blocks(harness, history, tmp_path):
     "unparseable-number", "anonymous", "unknown-request", "bad-ref", "wrong-kind", "past-due", "refused",
     "not-empty", "out-is-file", "bad-recipient", "blank-claim", "bad-timezone", "missing-store-file",
 ])
+@pytest.mark.slow
 def test_bad_input_is_a_clear_error_and_changes_nothing(harness, tmp_path, case):
     recorded = harness.call(digits=[None], caller_number=A_FORMS[1])  # there is something to export
     access_request()
@@ -347,6 +354,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(harness, tmp_path, case)
     assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before_out
 
 
+@pytest.mark.slow
 def test_a_failure_half_way_leaves_nothing_behind(harness, history, tmp_path, monkeypatch):
     """The recordings are written, then the summary fails (disk full): all of it goes."""
     access_request()

@@ -88,6 +88,7 @@ def add(ref, kind="erase", received=TODAY - 5 * DAY, **kwargs):
     return requests.add(ref, kind, received, actor="officer", today=TODAY, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ref", ["", ".hidden", "../etc", "a/b", "Piet Jansen", "x" * 65, "R\n1"])
 def test_a_reference_that_is_not_allowed_is_not_repeated(data, ref):
     with pytest.raises(RequestError, match="the request reference is not allowed") as err:
@@ -110,6 +111,7 @@ def test_a_reference_that_is_not_allowed_is_not_repeated(data, ref):
     (lambda: requests.require("R-1", "access", today=TODAY),
      "request R-1 is of kind erase; this action needs a request of kind access"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_refused_and_changes_nothing(data, call, message):
     add("R-1", note="Mr. Jansen called twice")
     before = state()
@@ -318,6 +320,7 @@ def test_without_identity_verification_nothing_is_registered(data):
     (["decide", "R-1", "--decision", "maybe", "--reason", "why"], "'maybe'"),
     (["show", "R-9"], "no request R-9 in the register"),
 ])
+@pytest.mark.slow
 def test_bad_input_on_the_command_line_is_one_clear_error(data, args, message):
     today = dt.date.today()
     requests.add("R-1", "erase", today, actor="officer", today=today)

@@ -110,6 +110,7 @@ def ledger_for_forms(tmp_path_factory):
     close_database()
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), nsn=dutch_number())
 def test_every_written_form_of_a_number_finds_the_same_calls(ledger_for_forms, data, nsn):
@@ -137,6 +138,7 @@ def test_every_written_form_of_a_number_finds_the_same_calls(ledger_for_forms, d
     st.from_regex(r"\+31[1-9][0-9]{13,15}", fullmatch=True),  # too long
     st.from_regex(r"[0-9]{2,4}[A-Za-z]{2,3}", fullmatch=True),  # a postcode
 ))
+@pytest.mark.slow
 def test_a_non_number_is_refused_without_repeating_it(text):
     protector = FieldProtector(b"k" * 64)
     with pytest.raises(SubjectError) as caught:
@@ -164,6 +166,7 @@ def history(d: DataDir):
     return (a1, r1), (a2, r2), a3, (b1, rb)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", A_FORMS)
 def test_find_lists_the_calls_of_the_number_in_any_form_and_never_shows_it(data, form):
     (a1, r1), (a2, r2), a3, _ = history(data)

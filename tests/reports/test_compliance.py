@@ -295,6 +295,7 @@ def test_a_subject_request_undecided_past_its_due_date(site):
     assert failing(site.check()) == set()
 
 
+@pytest.mark.slow
 def test_after_real_calls_everything_complies(tmp_path):
     with Harness(tmp_path / "data") as h:
         h.call(digits=[None])

@@ -294,6 +294,7 @@ def synthetic_month(rng: random.Random) -> None:
                 add_recording(call, ledger.DELETED, "withdrawn")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
 def test_the_html_report_draws_its_charts_in_chromium(site, tmp_path):
     data, config = site

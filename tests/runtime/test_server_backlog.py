@@ -69,6 +69,7 @@ def _established(socks, wait: float) -> set[int]:
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.skipif((somaxconn() or 0) < BURST, reason="net.core.somaxconn is below the burst size")
 def test_a_burst_of_connections_fits_the_backlog_and_each_gets_connect(server):
     started = time.monotonic()

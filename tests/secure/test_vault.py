@@ -224,6 +224,7 @@ def test_write_failure_in_the_worker_keeps_plaintext_and_no_tmp(tmp_path, recipi
         vault.stop()
 
 
+@pytest.mark.slow
 def test_worker_dying_mid_seal_is_replaced_and_the_seal_retried(tmp_path, recipients, spool, identity):
     vault = Vault(tmp_path / "store", recipients, workers=1)
     vault.start()
@@ -240,6 +241,7 @@ def test_worker_dying_mid_seal_is_replaced_and_the_seal_retried(tmp_path, recipi
         vault.stop()
 
 
+@pytest.mark.slow
 def test_worker_killed_while_idle_is_replaced(vault, spool):
     for worker in list(vault._workers):
         worker.proc.kill()
@@ -249,6 +251,7 @@ def test_worker_killed_while_idle_is_replaced(vault, spool):
     assert all(w.proc.returncode is None for w in vault._workers)
 
 
+@pytest.mark.slow
 def test_cancelled_seal_keeps_plaintext_and_no_tmp(vault, spool):
     path, rid, data = plaintext(spool, 50 << 20)
     with pytest.raises(gevent.Timeout):
@@ -311,6 +314,7 @@ def test_vault_without_workers_opens_but_does_not_seal(tmp_path, recipients, ide
 # --- cooperative and concurrent -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_seal_keeps_the_hub_responsive(vault, spool, keys_dir):
     path, rid, data = plaintext(spool, 50 << 20)
     ticks = []
@@ -365,6 +369,7 @@ def positions(ciphertext: bytes) -> dict[str, int]:
 
 @pytest.mark.parametrize("where", ["magic", "stanza", "mac", "nonce", "first chunk", "chunk tag",
                                    "last chunk", "last byte"])
+@pytest.mark.slow
 def test_flipped_byte_is_refused(vault, sealed_file, identity, keys_dir, tmp_path, where):
     path, _ = sealed_file
     damaged = bytearray(path.read_bytes())
@@ -379,6 +384,7 @@ def test_flipped_byte_is_refused(vault, sealed_file, identity, keys_dir, tmp_pat
     assert age_decrypt(keys_dir, path).returncode != 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", ["nothing", "half header", "header", "one chunk", "all but 1"])
 def test_truncated_file_is_refused(vault, sealed_file, identity, keys_dir, tmp_path, keep):
     path, _ = sealed_file

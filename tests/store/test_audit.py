@@ -308,6 +308,7 @@ def test_keys_init_is_audited(tmp_path):
         close_database()
 
 
+@pytest.mark.slow
 def test_start_up_records_configuration_and_key_changes(tmp_path):
     data = tmp_path / "data"
     config = make_config(data)
@@ -330,6 +331,7 @@ def test_start_up_records_configuration_and_key_changes(tmp_path):
         close_database()
 
 
+@pytest.mark.slow
 def test_the_server_checkpoints_and_a_stopped_server_leaves_the_trail_signed(tmp_path):
     with Harness(tmp_path / "data") as h:
         h.call(digits=[None])
@@ -366,6 +368,7 @@ def test_periodic_checkpoints_go_through_the_writer(trail):
     assert trail.verify().ok
 
 
+@pytest.mark.slow
 def test_audit_entries_hold_no_personal_data(tmp_path):
     numbers = ["0612345678", "0687654321"]
     with Harness(tmp_path / "data") as h:

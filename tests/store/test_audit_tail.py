@@ -80,6 +80,7 @@ def _closed():
 # --- what is signed when -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_is_a_start_record_then_startup_periodic_and_shutdown_checkpoints(tmp_path):
     config = write_config(tmp_path / "c.toml", checkpoint_every_entries=2, checkpoint_every="1h")
     with harness(tmp_path / "data", config) as h:
@@ -112,6 +113,7 @@ def test_audit_config_keys_are_checked(tmp_path):
 # --- (a) the server stopped: its last run must end with a shutdown checkpoint ------------------
 
 
+@pytest.mark.slow
 def test_a_clean_trail_verifies(tmp_path):
     witness = tmp_path / "witness" / "heads.jsonl"
     witness.parent.mkdir()
@@ -132,6 +134,7 @@ def test_a_clean_trail_verifies(tmp_path):
     assert oct(witness.stat().st_mode & 0o777) == "0o640"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut", ["the shutdown record", "two rows and the shutdown checkpoint"])
 def test_a_tail_cut_after_a_clean_stop_fails(tmp_path, cut):
     """Before issue 11 both cuts verified (exit 0): nothing was due after the last checkpoint."""
@@ -195,6 +198,7 @@ def two_runs_then_cut(tmp_path) -> tuple[Path, Path, list[logging.LogRecord], in
     return db, witness, journal, first_run_end
 
 
+@pytest.mark.slow
 def test_a_cut_back_to_an_earlier_clean_stop_is_caught_by_the_witness(tmp_path):
     db, witness, journal, end = two_runs_then_cut(tmp_path)
     plain = verify(tmp_path / "data")
@@ -215,6 +219,7 @@ def test_a_cut_back_to_an_earlier_clean_stop_is_caught_by_the_witness(tmp_path):
         assert out.exit_code == 1 and "witness-missing" in out.output, out.output
 
 
+@pytest.mark.slow
 def test_a_recomputed_and_resigned_tail_is_caught_by_the_witness(tmp_path):
     """An intruder with the server's own signing key rewrites the second run and signs it
     again: the trail is consistent, only the witness still knows the real heads."""
@@ -233,6 +238,7 @@ def test_a_recomputed_and_resigned_tail_is_caught_by_the_witness(tmp_path):
         in out.output  # the real start record of the second run was signed by its startup checkpoint
 
 
+@pytest.mark.slow
 def test_a_manual_checkpoint_is_witnessed_and_signs_what_commands_added(tmp_path):
     witness = tmp_path / "heads.jsonl"
     config = write_config(tmp_path / "c.toml", witness_file=str(witness))
@@ -249,6 +255,7 @@ def test_a_manual_checkpoint_is_witnessed_and_signs_what_commands_added(tmp_path
     assert out.exit_code == 0 and "the whole trail is signed" in out.output and "server: stopped cleanly" in out.output
 
 
+@pytest.mark.slow
 def test_a_forged_or_unreadable_witness_is_named(tmp_path):
     witness = tmp_path / "heads.jsonl"
     with harness(tmp_path / "data", write_config(tmp_path / "c.toml", witness_file=str(witness))) as h:
@@ -267,6 +274,7 @@ def test_a_forged_or_unreadable_witness_is_named(tmp_path):
 # --- (b) a running server: a due checkpoint may be late by the grace, no more -----------------
 
 
+@pytest.mark.slow
 def test_a_running_server_that_stops_signing_is_overdue(tmp_path):
     """Its signing key became unusable (loose permissions): it runs, calls go on, nothing is signed."""
     config = write_config(tmp_path / "c.toml", checkpoint_every_entries=3, checkpoint_grace="0s")
@@ -282,6 +290,7 @@ def test_a_running_server_that_stops_signing_is_overdue(tmp_path):
         assert "the server is not signing" in out.stdout and "server state: running" in out.stdout
 
 
+@pytest.mark.slow
 def test_due_rules_by_the_clock(tmp_path):
     """A running server's trail, checked as of later: past T (plus grace) with entries after the
     last checkpoint, or N entries after it, is overdue; an idle trail never is."""
@@ -307,6 +316,7 @@ def test_due_rules_by_the_clock(tmp_path):
         assert [f.kind for f in unknown.faults] == ["overdue"]  # the server's state unknown: the clock still counts
 
 
+@pytest.mark.slow
 def test_a_running_server_whose_trail_was_cut_back_to_a_clean_stop(tmp_path):
     with harness(tmp_path / "data") as h:
         two_calls(h)
@@ -353,6 +363,7 @@ def server(tmp_path):
         srv.proc.wait()
 
 
+@pytest.mark.slow
 def test_a_crash_fails_until_the_restart_records_it(server, tmp_path):
     journal = server.start()
     result = server.emulator().place_call(CallerScript(digits=[None], talk_seconds=0.3), timeout=30)

@@ -178,6 +178,7 @@ def test_a_schema_1_data_dir_upgrades_without_losing_a_row(data_dir):
     assert all(after[t][1] == [] for t in NEW_TABLES)
 
 
+@pytest.mark.slow
 def test_the_upgrade_is_in_the_audit_trail_and_the_trail_still_verifies(data_dir):
     open_ledger(data_dir)
     steps = list(ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate")
@@ -196,6 +197,7 @@ def test_the_upgrade_is_in_the_audit_trail_and_the_trail_still_verifies(data_dir
     assert sorted(c["uuid"] for c in json.loads(listed.stdout)) == sorted(c[columns.index("uuid")] for c in calls)
 
 
+@pytest.mark.slow
 def test_the_cli_upgrades_an_old_data_dir_and_says_so(data_dir):
     listed = fs_consent(data_dir, "calls", "list")
     assert listed.returncode == 0, listed.stderr
@@ -248,6 +250,7 @@ def test_opening_an_upgraded_ledger_again_changes_nothing(data_dir):
     assert sha256_file(data_dir / "ledger.db") == digest
 
 
+@pytest.mark.slow
 def test_the_server_starts_on_an_upgraded_data_dir_and_takes_calls(data_dir):
     server = ConsentServer(e2e.make_config(data_dir), announce=lambda _m: None)
     server.start()
@@ -325,6 +328,7 @@ def test_every_schema_version_after_the_first_has_a_step():
 # --- concurrency ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(data_dir):
     """They all read version 1, then queue for the write lock (held here meanwhile): the first
     one upgrades, the others find it done under the lock."""
