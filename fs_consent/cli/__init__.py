@@ -13,14 +13,15 @@ from .. import __version__
 from ..core import logs
 from ..emulator.scenarios import SCENARIO_NAMES
 from ..privacy.errors import RecordingRestricted
-from .access import legal_claim_option
 from .ledger import DEFAULT_LOCK_TIMEOUT, MAX_LOCK_TIMEOUT
+from .options import legal_claim_option
 from .output import render
+from .playback import recordings_play
 from .types import Duration, format_option
 
 
 class Context:
-    """Loads the configuration once, opens the ledger on demand (``cli_ledger``: never creates one)."""
+    """Loads the configuration once, opens the ledger on demand (``cli/ledger.py``: never creates one)."""
 
     def __init__(self, config_path: Path | None, data_dir: Path | None, log_level: str | None = None,
                  lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
@@ -75,7 +76,7 @@ log = logging.getLogger("fs_consent.cli")  # not __name__: it is __main__ under 
 class CliGroup(click.Group):
     """The main group: whatever a command did not handle becomes one line, never a traceback.
 
-    A database error about the ledger file (locked, damaged) says so (``cli_ledger.explain``);
+    A database error about the ledger file (locked, damaged) says so (``cli/ledger.py`` ``explain``);
     anything else names only the exception's type, since its message may hold a personal
     value (a number being looked up); ``--log-level debug`` logs the traceback.
     """
@@ -172,34 +173,6 @@ def serve(ctx: Context, listen, log_level):
     server.run_until_signalled()
 
 
-# --- keys ---------------------------------------------------------------------
-
-
-@main.group("keys")
-def keys_group():
-    """Encryption keys: the age identity/recipients and the field-protection key."""
-
-
-@keys_group.command("init")
-@click.option("--force", is_flag=True, help="Replace existing key files (old recordings then need the old identity).")
-@pass_ctx
-def keys_init(ctx: Context, force):
-    """Create keys/identity.txt (0600), keys/recipients.txt and keys/field.key in the data dir."""
-    from ..secure import keys
-
-    keys_dir = Path(ctx.config().storage.keys_dir)
-    ctx.check_data_dir()
-    try:
-        created = keys.init_keys(keys_dir, force=force)
-    except keys.KeyFileError as exc:
-        raise click.ClickException(str(exc)) from None
-    lines = created.describe()
-    for line in lines:
-        click.echo(line)
-    if not lines:
-        click.echo(f"all key files are already present in {keys_dir}; nothing was changed")
-
-
 # --- calls and recordings -----------------------------------------------------
 
 
@@ -281,6 +254,9 @@ def calls_show(ctx: Context, call_uuid, fmt):
 @main.group("recordings")
 def recordings_group():
     """Encrypted recordings: list, show, export, play (decrypt, audited)."""
+
+
+recordings_group.add_command(recordings_play)
 
 
 @recordings_group.command("list")
@@ -379,6 +355,7 @@ def withdraw(ctx: Context, call_uuid):
     a live call); with no server running it deletes an ended call's recording itself.
     """
     from ..runtime.control import ControlError, request
+    from ..store.holds import RecordingHeld
     from ..store.ledger import os_user
 
     config = ctx.config()
@@ -388,7 +365,10 @@ def withdraw(ctx: Context, call_uuid):
     except ControlError as exc:
         if "not running" not in str(exc):
             raise click.ClickException(str(exc)) from None
-        reply = withdraw_offline(ctx, call_uuid)
+        try:
+            reply = withdraw_offline(ctx, call_uuid)
+        except RecordingHeld as exc:  # (a running server's refusal comes back through the socket)
+            raise click.ClickException(str(exc)) from None
     if not reply.get("ok"):
         raise click.ClickException(reply.get("error", "withdrawal failed"))
     where = "live call" if reply.get("live") else "ended call"
@@ -493,8 +473,8 @@ def accept_data_options_everywhere(group: click.Group) -> None:
         ]
 
 
-from .access import register as register_access  # noqa: E402 - subject export, recordings play
 from .audit import register as register_audit  # noqa: E402 - audit, report, compliance
+from .keys import register as register_keys  # noqa: E402 - keys init, keys signing-key
 from .ops import register as register_ops  # noqa: E402 - check
 from .requests import register as register_requests  # noqa: E402 - the subject request register
 from .retention import register as register_retention  # noqa: E402 - retention, hold, police export
@@ -505,5 +485,5 @@ register_audit(main)
 register_ops(main)
 register_requests(main)
 register_subject(main)
-register_access(main)  # after register_subject: it adds to the subject group
+register_keys(main)
 accept_data_options_everywhere(main)

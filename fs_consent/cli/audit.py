@@ -1,15 +1,14 @@
 """Commands for auditors and the privacy officer: ``audit verify|export|checkpoint``,
-``report`` and ``compliance``; and the audit entry for ``keys init``.
+``report`` and ``compliance``.
 
-``register(main)`` adds them to the main click group. They use the shared context
-through ``click.pass_obj`` (not ``cli.pass_ctx``), so they also work when ``cli.py``
-runs as ``python -m fs_consent.cli`` (then its classes live in ``__main__``).
+``register(main)`` adds them to the main click group. Like every command module they take
+the shared ``Context`` through ``click.pass_obj``: it is made by the main group in
+``cli/__init__.py``, which imports the command modules (never the other way round).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 from pathlib import Path
@@ -279,33 +278,8 @@ def compliance_command(ctx, identity, retention_grace, spool_grace):
     sys.exit(1 if failed else 0)
 
 
-# --- keys init: record the key change ------------------------------------------------------------
-
-
-def _audit_keys_init(command: click.Command) -> None:
-    """Wrap ``keys init`` so that a change it makes to the key files is audited."""
-    original = command.callback
-
-    @functools.wraps(original)
-    def callback(*args, **kwargs):
-        result = original(*args, **kwargs)
-        ctx = click.get_current_context().obj
-        try:
-            ledger = ctx.ledger(create=True)  # keys init may make the ledger (serve would)
-            audit.record_keys(Path(ctx.config().storage.keys_dir), actor=ledger.os_user(), via="keys init")
-        except Exception as exc:  # the keys are written; say why the trail does not show it yet
-            click.echo(f"warning: the key change is not in the audit trail yet ({exc}); the server records "
-                       "it when it next starts", err=True)
-        return result
-
-    command.callback = callback
-
-
 def register(main: click.Group) -> None:
-    """Add the auditor commands to ``main`` and audit ``keys init``."""
+    """Add the auditor commands to ``main``."""
     main.add_command(audit_group)
     main.add_command(report_command)
     main.add_command(compliance_command)
-    keys_group = main.commands.get("keys")
-    if isinstance(keys_group, click.Group) and "init" in keys_group.commands:
-        _audit_keys_init(keys_group.commands["init"])

@@ -1,7 +1,7 @@
 """CLI: ``fs-consent check``, the installation's readiness (``check.py`` has the checks).
 
 ``register(main)`` adds the command to the main group; it takes the shared
-``cli.Context`` through ``click.pass_obj``, like the other ``cli_*`` modules.
+``Context`` through ``click.pass_obj``, like the other command modules.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CLI: the register of data subject requests (``requests add|list|show|extend|decide``).
 
-``register(main)`` adds the ``requests`` group (``cli.py`` calls it). The commands take
-the shared ``cli.Context`` through ``click.pass_obj``, like ``cli_retention.py``.
+``register(main)`` adds the ``requests`` group (``cli/__init__.py`` calls it). The commands take
+the shared ``Context`` through ``click.pass_obj``, like every command module.
 """
 
 from __future__ import annotations

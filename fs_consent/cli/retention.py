@@ -1,6 +1,6 @@
 """CLI: retention purge, legal hold, police export and its verification.
 
-``register(main)`` adds the commands to the main group (``cli.py`` calls it). The
+``register(main)`` adds the commands to the main group (``cli/__init__.py`` calls it). The
 commands take the shared ``cli.Context`` through ``click.pass_obj``, so this module
 does not import ``cli`` (which also runs as ``python -m fs_consent.cli``).
 """
@@ -8,7 +8,6 @@ does not import ``cli`` (which also runs as ``python -m fs_consent.cli``).
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import sys
 from pathlib import Path
 
@@ -24,27 +23,6 @@ def register(main: click.Group) -> None:
     main.add_command(purge)
     main.add_command(hold_group)
     main.add_command(verify_export)
-    main.commands["keys"].add_command(keys_signing_key)
-    _refuse_held_erasure(main.commands["withdraw"])
-
-
-def _refuse_held_erasure(command: click.Command) -> None:
-    """``withdraw`` of an ended call whose recording is held: one clear error, not a traceback.
-
-    (With the server running the refusal comes back through the control socket already.)
-    """
-    callback = command.callback
-
-    @functools.wraps(callback)
-    def guarded(*args, **kwargs):
-        from ..store.holds import RecordingHeld
-
-        try:
-            return callback(*args, **kwargs)
-        except RecordingHeld as exc:
-            raise click.ClickException(str(exc)) from None
-
-    command.callback = guarded
 
 
 # --- purge ----------------------------------------------------------------------------
@@ -173,7 +151,7 @@ def hold_list(ctx, include_released, case_ref, fmt):
 
 def police_export(ctx, recording_id, out, identity, case_ref, to_recipient, with_caller_number,
                   legal_claim=None) -> None:
-    """``recordings export ID --case REF --out DIR``: called by that command in cli.py.
+    """``recordings export ID --case REF --out DIR``: called by that command in ``cli/__init__.py``.
 
     A restricted call's recording needs ``--legal-claim`` here too: a police case is a
     legal claim, but overriding a restriction must be a conscious, audited choice.
@@ -227,16 +205,3 @@ def verify_export(directory, public_key):
 
 
 # --- keys -----------------------------------------------------------------------------
-
-
-@click.command("signing-key")
-@pass_ctx
-def keys_signing_key(ctx):
-    """Print the installation's signing public key (ed25519:...) for the police to pin."""
-    from ..secure import keys
-
-    keys_dir = Path(ctx.config().storage.keys_dir)
-    try:
-        click.echo(keys.signing_public_key(keys.load_signing_key(keys_dir)))
-    except keys.KeyFileError as exc:
-        raise click.ClickException(f"{exc} (create it with: fs-consent keys init)") from None

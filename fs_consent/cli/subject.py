@@ -1,9 +1,9 @@
 """CLI: the data subject commands (``subject find|erase|restrict|unrestrict|rectify|object|withdraw-objection``).
 
-``register(main)`` adds the ``subject`` group (``cli.py`` calls it; ``cli_access.py``
-adds ``subject export`` to it afterwards). The commands take the shared ``cli.Context``
-through ``click.pass_obj``, like ``cli_retention.py``. The logic is in ``subjects.py``
-and ``objections.py``; here the input is read, checked and the outcome printed. The
+``register(main)`` adds the ``subject`` group, every command of it defined here (``export``,
+the right of access, too). The commands take the shared ``Context`` through
+``click.pass_obj``. The logic is in ``privacy/subjects.py``, ``privacy/objections.py`` and
+``privacy/subject_export.py``; here the input is read, checked and the outcome printed. The
 phone number given is never printed: output names calls and recordings by their ids.
 """
 
@@ -15,16 +15,11 @@ from pathlib import Path
 import click
 
 from ..privacy.errors import SubjectError
+from .options import legal_claim_option, phone_option, request_option, stdin_if_dash
 from .output import render
 from .types import format_option
 
 pass_ctx = click.pass_obj
-
-PHONE_HELP = ("The caller's number, in any written form (06 12345678, +31 6 1234 5678, 0031 6..., 040-1234567); "
-              "'-' reads it from stdin, which keeps it out of shell history and ps.")
-phone_option = click.option("--phone", "number", metavar="NUMBER", required=True, help=PHONE_HELP)
-request_option = click.option("--request", "ref", metavar="REF", required=True,
-                              help="The request in the register (fs-consent requests) this action answers.")
 
 
 def register(main: click.Group) -> None:
@@ -45,10 +40,6 @@ def subject_group():
 
 def _fail(exc: Exception):
     raise click.ClickException(str(exc)) from None
-
-
-def stdin_if_dash(value: str) -> str:
-    return sys.stdin.read() if value == "-" else value
 
 
 def _caller_hash(ctx, number: str) -> str:
@@ -282,3 +273,50 @@ def withdraw_objection(ctx, number, ref):
     request, objection = _act(ctx, number, ref, "object", objections.withdraw)
     click.echo(f"request {request.ref}: objection #{objection.id} withdrawn; calls from this number are asked "
                "for consent again")
+
+
+# --- subject export -------------------------------------------------------------------------
+
+
+@subject_group.command("export", short_help="Right of access (art. 15): export a number's calls and recordings.")
+@phone_option
+@request_option
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The export directory: created 0700; an existing one must be empty. Never overwritten.")
+@click.option("--to-recipient", metavar="AGE_PUBLIC_KEY",
+              help="Re-encrypt the recordings to the requester's age key (age1...): no plaintext on disk.")
+@click.option("--identity", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="age identity file to open the recordings (default: keys/identity.txt in the data dir).")
+@legal_claim_option
+@click.option("--timezone", default="Europe/Amsterdam", show_default=True,
+              help="Zone of the times in summary.html: UTC or a name like Europe/Amsterdam (calls.json is UTC).")
+@pass_ctx
+def subject_export(ctx, number, ref, out, to_recipient, identity, legal_claim, timezone):
+    """Right of access (art. 15): everything held about a caller's calls, for the requester.
+
+    Writes summary.html (one readable page, Dutch and English), calls.json (the same,
+    machine-readable, with every file's sha256) and each stored recording as
+    <recording id>.wav (0600), or <recording id>.wav.age with --to-recipient. A number
+    without calls still gets a summary saying nothing is held. Recordings of a restricted
+    call are left out (the summary says so) unless --legal-claim is given. Needs an
+    access request in the register; audited under its reference, never with the number.
+    """
+    from ..privacy import subject_export as access
+    from ..store.ledger import os_user
+
+    config = ctx.config()
+    ctx.ledger()
+    try:
+        result = access.export(stdin_if_dash(number), request_ref=ref, out_dir=out, config=config,
+                               vault=ctx.vault(), actor=os_user(), recipient=to_recipient,
+                               identity_path=identity, legal_claim=legal_claim, timezone=timezone)
+    except SubjectError as exc:
+        _fail(exc)
+    recordings = [name for name in result.files if name not in (access.CALLS, access.SUMMARY)]
+    click.echo(f"wrote the access export for request {ref} to {result.out_dir}: {result.calls} call(s), "
+               f"{len(recordings)} recording(s); {access.SUMMARY}, {access.CALLS}"
+               + "".join(f", {name}" for name in recordings))
+    if result.left_out:
+        ids = ", ".join(x["recording_id"] for x in result.left_out)
+        click.echo(f"left out (the call is restricted): {ids}; with --legal-claim REASON they are included",
+                   err=True)
