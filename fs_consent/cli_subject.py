@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from . import audit_actions
 from .cli_types import format_option
 from .output import render
 
@@ -122,7 +123,7 @@ def find(ctx, number, ref, fmt):
         _fail(exc)
     calls = list(subjects.calls_of(caller_hash))
     rows = subjects.overview(calls)
-    ledger.append_audit(ledger.os_user(), "subject.find", "request" if request else "subject",
+    ledger.append_audit(ledger.os_user(), audit_actions.SUBJECT_FIND, "request" if request else "subject",
                         request.ref if request else "-", calls=len(calls))
     click.echo(render(rows, fmt))
     click.echo(_objection_line(caller_hash), err=fmt != "table")

@@ -26,7 +26,7 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from . import consent, esl, ledger, objections
+from . import consent, esl, ledger, objections, recordings
 from . import facts as ledger_facts
 from .consent import (
     CancelTimer,
@@ -447,8 +447,7 @@ class CallSession:
         self._deleted.add(rid)
         sealed = rid in self._sealed  # then it may be under a legal hold: the ledger decides, in order
         if not sealed:
-            self._path(rid).unlink(missing_ok=True)
-            self.ctx.vault.delete(rid)
+            recordings.remove_files(rid, self.ctx.vault, self.ctx.spool_dir)
         self.ctx.writer.record(ledger_facts.RecordingDeleted(rid, cmd.reason, ledger.utcnow(), sealed=sealed))
 
     def _do_FlagCall(self, cmd: FlagCall) -> None:

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import __version__, holds, keys, ledger, subjects
+from . import __version__, audit_actions, holds, keys, ledger, subjects
 from .ledger import CallFlag, Recording
 from .seal_worker import HashingWriter, discard, fsync_dir
 from .spool import is_recording_id
@@ -163,7 +163,7 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
         raise
     manifest_sha = hashlib.sha256(data).hexdigest()
     held = holds.is_held(rec.id)
-    ledger.append_audit(actor, "recording.export", "recording", rec.id, kind="police", case_ref=case_ref,
+    ledger.append_audit(actor, audit_actions.RECORDING_EXPORT, "recording", rec.id, kind="police", case_ref=case_ref,
                         manifest_sha256=manifest_sha, file_sha256=entry["sha256"],
                         encrypted_to=str(police) if police else None, caller_number=include_number,
                         out=str(out_dir.resolve()), legal_claim=legal_claim,

@@ -27,7 +27,7 @@ import gevent.event
 import gevent.pool
 from gevent.server import StreamServer
 
-from . import consent, facts, holds, keys, ledger, notify, spool
+from . import audit_actions, consent, facts, holds, keys, ledger, notify, recordings, spool
 from .control import ControlServer
 from .driver import CallSession
 from .ledger import Call, ConsentEvent, Recording
@@ -117,7 +117,8 @@ class ServerContext:
         gevent.sleep(delay)
         path = spool.recording_path(self.spool_dir, recording_id)
         for attempt in itertools.count():
-            if recording_id in withdrawn:
+            if recording_id in withdrawn:  # before it was sealed: the driver left its plaintext to this seal
+                recordings.remove_files(recording_id, self.vault, self.spool_dir)
                 return
             try:
                 sealed = self.vault.seal(path, recording_id)
@@ -134,7 +135,7 @@ class ServerContext:
         if attempt:
             log.warning("recording %s sealed after %d retries", recording_id, attempt)
         if recording_id in withdrawn:
-            self.vault.delete(recording_id)
+            recordings.remove_files(recording_id, self.vault, None)
             return
         self.writer.record(facts.RecordingSealed(recording_id, sealed.size, sealed.sha256, ledger.utcnow()))
 
@@ -156,9 +157,10 @@ class ServerContext:
         for rec in Recording.select().where(Recording.state == ledger.RECORDING):
             if rec.id in report.deferred or self._mark_sealed_if_stored(rec):
                 continue
-            withdrawn = rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None
-            state, reason = (ledger.DELETED, "recovery") if withdrawn else (ledger.FAILED, "lost-in-crash")
-            Recording.update(state=state, state_reason=reason).where(Recording.id == rec.id).execute()
+            if rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None:
+                recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
+            else:
+                recordings.not_sealed(rec.id, ledger.FAILED, "lost-in-crash")
         self._end_interrupted_calls()
         return report
 
@@ -204,23 +206,15 @@ class ServerContext:
         def seal(path: Path, recording_id: str) -> None:
             sealed = self.vault.seal(path, recording_id)
 
-            def write() -> None:
-                Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=sealed.size,
-                                 sha256=sealed.sha256).where(Recording.id == recording_id).execute()
-                ledger.append_audit("server", "recording.seal", "recording", recording_id, recovered=True)
-                holds.hold_flagged(recording_id)
-            db(write)
+            db(lambda: recordings.sealed(recording_id, size=sealed.size, sha256=sealed.sha256, recovered=True))
 
         def deleted(recording_id: str) -> None:
             rec = Recording.get_or_none(Recording.id == recording_id)
             if rec is None:
-                ledger.append_audit("server", "recording.delete", "recording", recording_id,
+                ledger.append_audit("server", audit_actions.RECORDING_DELETE, "recording", recording_id,
                                     reason="recovery-no-ledger-row")
             elif rec.state != ledger.SEALED:
-                Recording.update(state=ledger.DELETED, state_reason="recovery", deleted_at=now).where(
-                    (Recording.id == recording_id) & (Recording.state != ledger.DELETED)).execute()
-                ledger.append_audit("server", "recording.delete", "recording", recording_id, reason="recovery",
-                                    outcome=rec.call.outcome)
+                recordings.record_deleted(recording_id, reason="recovery", at=now, outcome=rec.call.outcome)
 
         report = spool.recover(self.spool_dir, decide, seal, ready=ready)
         for recording_id in report.deleted:
@@ -235,12 +229,7 @@ class ServerContext:
         if stored is None:
             return False
         size, digest = stored
-        Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=size, sha256=digest).where(
-            Recording.id == rec.id).execute()
-        ledger.append_audit("server", "recording.seal", "recording", rec.id, recovered=True, size=size,
-                            sha256=digest)
-        holds.hold_flagged(rec.id)
-        return True
+        return recordings.sealed(rec.id, size=size, sha256=digest, recovered=True)
 
     @staticmethod
     def _end_interrupted_calls() -> None:
@@ -254,8 +243,8 @@ class ServerContext:
                     changes.update(outcome=consent.ERROR, decided_by=consent.BY_RESTART, decided_at=now)
                     ConsentEvent.insert(call=call.id, at=now, kind="decision", outcome=consent.ERROR,
                                         by=consent.BY_RESTART).execute()
-                    ledger.append_audit("server", "consent.decision", "call", call.uuid, outcome=consent.ERROR,
-                                        by=consent.BY_RESTART)
+                    ledger.append_audit("server", audit_actions.CONSENT_DECISION, "call", call.uuid,
+                                        outcome=consent.ERROR, by=consent.BY_RESTART)
                 Call.update(**changes).where(Call.id == call.id).execute()
 
     # --- withdrawal ---------------------------------------------------------------
@@ -277,9 +266,9 @@ class ServerContext:
             # under legal hold: not erased; the privacy officer can see the caller asked
             for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid,
                                               held=True):
-                ledger.append_audit("server", "consent.withdraw.refused", "call", call.uuid, by=consent.BY_CALLBACK,
-                                    reason="legal-hold", holds=[h.id for h in holds.holds_on(
-                                        r.id for r in call.recordings)])
+                ledger.append_audit("server", audit_actions.CONSENT_WITHDRAW_REFUSED, "call", call.uuid,
+                                    by=consent.BY_CALLBACK, reason="legal-hold",
+                                    holds=[h.id for h in holds.holds_on(r.id for r in call.recordings)])
 
         self.writer.submit(write)
 
@@ -296,8 +285,8 @@ class ServerContext:
             # the recording is gone once withdraw() returns; the ledger may be busy: the
             # facts are queued in order and land when it can take them
             outcomes = [session.withdraw(consent.BY_COMMAND) for session in sessions]
-            self.writer.submit(lambda: ledger.append_audit(actor, "consent.withdraw.request", "call", call_uuid,
-                                                           live=True))
+            self.writer.submit(lambda: ledger.append_audit(actor, audit_actions.CONSENT_WITHDRAW_REQUEST, "call",
+                                                           call_uuid, live=True))
             written = self.writer.flush(timeout=CONTROL_LEDGER_WAIT_S)
             return {"ok": True, "live": True, "outcome": outcomes[-1], "ledger": "written" if written else "queued"}
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import __version__, holds, keys, ledger, subject_requests, subjects
+from . import __version__, audit_actions, holds, keys, ledger, subject_requests, subjects
 from .durations import format_duration
 from .ledger import CallDetail, CallFlag, ConsentEvent, Objection, Recording
 from .police_export import (
@@ -113,7 +113,7 @@ def export(number: str, *, request_ref: str, out_dir: Path, config, vault, actor
         write_new(out_dir / SUMMARY, render_html(doc, tz).encode(), written)
         fsync_dir(out_dir)
         ledger.append_audit(
-            actor, "subject.export", "request", request.ref,
+            actor, audit_actions.SUBJECT_EXPORT, "request", request.ref,
             calls=[c["uuid"] for c in doc["calls"]],
             recordings=[{"id": f["recording_id"], "sha256": f["sha256"]} for f in doc["files"]],
             left_out=[x["recording_id"] for x in doc["left_out"]],

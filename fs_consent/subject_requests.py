@@ -21,7 +21,7 @@ import datetime as dt
 
 from peewee import IntegrityError
 
-from . import ledger
+from . import audit_actions, ledger
 from .holds import REF_PATTERN
 from .ledger import SubjectRequest
 
@@ -109,8 +109,8 @@ def add(ref: str, kind: str, received_on: dt.date, *, actor: str, note: str | No
                                         note=(note or "").strip() or None)
         except IntegrityError:  # registered meanwhile by someone else
             raise RequestError(f"request {ref} is already in the register") from None
-        ledger.append_audit(actor, "request.add", "request", ref, kind=kind, received_on=received_on.isoformat(),
-                            due_on=due.isoformat(), identity_verified=True)
+        ledger.append_audit(actor, audit_actions.REQUEST_ADD, "request", ref, kind=kind,
+                            received_on=received_on.isoformat(), due_on=due.isoformat(), identity_verified=True)
     return req
 
 
@@ -133,7 +133,7 @@ def extend(ref: str, reason: str, *, actor: str, today: dt.date | None = None) -
         previous = req.due_on
         req.due_on, req.extended_at, req.extension_reason = due, ledger.utcnow(), reason
         req.save()
-        ledger.append_audit(actor, "request.extend", "request", ref, kind=req.kind,
+        ledger.append_audit(actor, audit_actions.REQUEST_EXTEND, "request", ref, kind=req.kind,
                             received_on=req.received_on.isoformat(), previous_due_on=previous.isoformat(),
                             due_on=due.isoformat())
     return req
@@ -153,7 +153,7 @@ def decide(ref: str, decision: str, reason: str, *, actor: str, today: dt.date |
         req.decision, req.decision_reason = decision, reason
         req.decided_at, req.decided_by = ledger.utcnow(), actor
         req.save()
-        ledger.append_audit(actor, "request.decide", "request", ref, kind=req.kind, decision=decision,
+        ledger.append_audit(actor, audit_actions.REQUEST_DECIDE, "request", ref, kind=req.kind, decision=decision,
                             received_on=req.received_on.isoformat(), due_on=req.due_on.isoformat(),
                             decided_on=today.isoformat(), late=today > req.due_on)
     return req
