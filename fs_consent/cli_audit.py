@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import click
 
 from . import audit, audit_actions
 from .cli_types import DateTimeParam, Duration
+from .files import create_private
 
 TIME = DateTimeParam()
 since_option = click.option("--since", type=TIME, help="From this time (UTC unless it carries an offset).")
@@ -40,7 +40,7 @@ def _open_out(out: Path | None, newline: str | None = None):
     if out is None:
         return contextlib.nullcontext(sys.stdout)
     try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = create_private(out)
     except FileExistsError:
         raise click.ClickException(f"{out} exists; refusing to overwrite") from None
     except OSError as exc:

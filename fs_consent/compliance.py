@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import consent, ledger
 from . import keys as keyfiles
 from .durations import format_duration, parse_duration
+from .files import check_private
 from .spool import is_recording_id
 
 DAY = 86400.0
@@ -492,7 +493,7 @@ def check_key_permissions(config, opts: Options) -> CheckResult:
         if name == keyfiles.IDENTITY_FILE and not path.exists():
             continue  # kept offline
         try:
-            keyfiles.check_private_file(path)
+            check_private(path, error=keyfiles.KeyFileError)
             checked.append(name)
         except keyfiles.KeyFileError as exc:
             problems.append(str(exc))

@@ -37,8 +37,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import __version__, audit_actions, holds, keys, ledger, subjects
+from .files import create_private, fsync_dir
 from .ledger import CallFlag, Recording
-from .seal_worker import HashingWriter, discard, fsync_dir
+from .seal_worker import HashingWriter, discard
 from .spool import is_recording_id
 from .vault import VaultError
 
@@ -241,7 +242,7 @@ def prepare_dir(out_dir: Path) -> bool:
 
 
 def open_new(path: Path, written: list[Path]):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = create_private(path)
     written.append(path)
     return open(fd, "wb", buffering=_BUFFER)
 

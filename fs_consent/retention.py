@@ -52,10 +52,10 @@ from peewee import SqliteDatabase, Tuple, Value, fn
 
 from . import audit_actions, ledger
 from .durations import format_duration
+from .files import fsync_dir
 from .holds import held_calls, held_recordings
 from .ledger import Call, CallDetail, LegalHold, Objection, PurgePending, PurgeRun, Recording
 from .recordings import mark_deleted, remove_files
-from .seal_worker import fsync_dir
 
 log = logging.getLogger(__name__)
 

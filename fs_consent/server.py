@@ -27,7 +27,7 @@ import gevent.event
 import gevent.pool
 from gevent.server import StreamServer
 
-from . import audit_actions, consent, facts, holds, keys, ledger, notify, recordings, spool
+from . import audit_actions, consent, facts, files, holds, keys, ledger, notify, recordings, spool
 from .control import ControlServer
 from .driver import CallSession
 from .ledger import Call, ConsentEvent, Recording
@@ -78,7 +78,7 @@ class ServerContext:
             self.announce(message)
         identity = Path(s.keys_dir) / keys.IDENTITY_FILE
         if identity.exists():
-            keys.check_private_file(identity)  # refuse to run next to a readable private key
+            files.check_private(identity, error=keys.KeyFileError)  # refuse to run next to a readable private key
         self.protector = FieldProtector(keys.load_field_key(Path(s.keys_dir)))
         recipients = keys.load_recipients(Path(s.keys_dir))
         self.vault_ready = bool(recipients)

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import __version__, audit_actions, holds, keys, ledger, subject_requests, subjects
 from .durations import format_duration
+from .files import fsync_dir
 from .ledger import CallDetail, CallFlag, ConsentEvent, Objection, Recording
 from .police_export import (
     ExportError,
@@ -45,7 +46,6 @@ from .police_export import (
     write_new,
 )
 from .protect import FieldError, normalise_phone
-from .seal_worker import fsync_dir
 from .vault import VaultError
 
 FORMAT = "fs-consent-access/1"
