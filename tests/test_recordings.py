@@ -210,3 +210,18 @@ def test_every_audit_action_written_is_a_named_one():
     assert _bad_actions(ast.parse("ledger.append_audit('x', 'recording.delete', 'recording', i)"))
     assert _bad_actions(ast.parse("append_audit('x', f'consent.{what}', 'call', i)"))
     assert _bad_actions(ast.parse("append_audit('x', audit_actions.NO_SUCH_ACTION, 'call', i)"))
+
+
+# --- the seal that a withdrawal overtook -----------------------------------------------------------
+
+
+def test_a_withdrawal_before_the_delayed_seal_removes_the_plaintext(data):
+    """The driver leaves a recording it asked to seal to the seal (it may be held once sealed); a
+    withdrawal that comes first must still take the plaintext with it, not leave it for a restart."""
+    from fs_consent.server import ServerContext
+
+    _call, rec = data.add_call(age=DAY, recording=ledger.RECORDING, spool_plaintext=True)
+    ctx = ServerContext(config=None)
+    ctx.spool_dir, ctx.vault = data.spool, data.vault
+    ctx._seal(rec.id, {rec.id})
+    assert data.spool_files() == [] and data.store_files() == []
