@@ -8,9 +8,11 @@ a kill between the two leaves a row that still says the recording exists, with f
 bytes than it says, never a row that says "deleted" over bytes still on disk.
 :func:`delete_recording` does both; the driver deletes the files mid-call and its
 ``facts.RecordingDeleted`` does the ledger's part later, in the writer's thread
-(:func:`record_deleted`). The retention purge is the one deliberate exception: it marks
-a whole batch deleted (:func:`mark_deleted`) together with its ``purge_pending`` journal,
-then removes the files (:func:`remove_files`), so a kill is completed by the next run.
+(:func:`record_deleted`). An erasure removes the files of all its recordings
+(:func:`remove_files`), then marks them in the one transaction that writes its request's
+audit entry (:func:`mark_deleted`). The retention purge is the one deliberate exception
+to "files first": it marks a whole batch deleted together with its ``purge_pending``
+journal, then removes the files, so a kill is completed by the next run.
 """
 
 from __future__ import annotations
