@@ -32,7 +32,6 @@ import binascii
 import datetime as dt
 import hmac
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import consent, ledger
 from . import keys as keyfiles
 from .durations import format_duration, parse_duration
-from .files import check_private
+from .files import NotPrivate, check_private, check_private_dir
 from .spool import is_recording_id
 
 DAY = 86400.0
@@ -482,9 +481,9 @@ def check_key_permissions(config, opts: Options) -> CheckResult:
     keys_dir = Path(config.storage.keys_dir)
     problems = []
     try:
-        mode = stat.S_IMODE(keys_dir.stat().st_mode)
-        if mode & 0o077:
-            problems.append(f"{keys_dir} is accessible by group/others (mode {mode:04o}); run: chmod 700 {keys_dir}")
+        check_private_dir(keys_dir)
+    except NotPrivate as exc:
+        problems.append(str(exc))
     except OSError as exc:
         problems.append(f"{keys_dir}: {exc.strerror}")
     checked = []

@@ -69,3 +69,16 @@ def test_the_journal_refuses_a_file_others_can_read(tmp_path):
     os.chmod(path, 0o644)
     with pytest.raises(PermissionError, match="accessible by group/others"):
         Journal(path)
+
+
+def test_check_private_dir_wants_a_directory_only_we_can_reach(tmp_path):
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    os.chmod(keys_dir, 0o700)
+    files.check_private_dir(keys_dir)
+    os.chmod(keys_dir, 0o750)
+    with pytest.raises(files.NotPrivate, match=rf"mode 0750\); run: chmod 700 {keys_dir}"):
+        files.check_private_dir(keys_dir)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(files.NotPrivate, match="is not a directory"):
+        files.check_private_dir(tmp_path / "file")
