@@ -13,6 +13,7 @@ from .. import __version__
 from ..core import logs
 from ..emulator.scenarios import SCENARIO_NAMES
 from ..privacy.errors import RecordingRestricted
+from ..store import audit_actions
 from .ledger import DEFAULT_LOCK_TIMEOUT, MAX_LOCK_TIMEOUT
 from .options import legal_claim_option
 from .output import render
@@ -336,7 +337,7 @@ def recordings_export(ctx: Context, recording_id, out, identity, case_ref, to_re
         digest = ctx.vault().decrypt_to(recording_id, key, out)
     except (keys.KeyFileError, VaultError) as exc:
         raise click.ClickException(str(exc)) from None
-    ledger.append_audit(ledger.os_user(), "recording.export", "recording", recording_id, sha256=digest,
+    ledger.append_audit(ledger.os_user(), audit_actions.RECORDING_EXPORT, "recording", recording_id, sha256=digest,
                         out=str(out.resolve()), legal_claim=legal_claim,
                         restriction=restriction.request.ref if restriction else None)
     click.echo(f"wrote {out} (sha256 {digest})")

@@ -9,13 +9,13 @@ the shared ``Context`` through ``click.pass_obj``: it is made by the main group 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from ..store import audit
+from ..secure.files import create_private
+from ..store import audit, audit_actions
 from .types import DateTimeParam, Duration
 
 TIME = DateTimeParam()
@@ -39,7 +39,7 @@ def _open_out(out: Path | None, newline: str | None = None):
     if out is None:
         return contextlib.nullcontext(sys.stdout)
     try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = create_private(out)
     except FileExistsError:
         raise click.ClickException(f"{out} exists; refusing to overwrite") from None
     except OSError as exc:
@@ -174,7 +174,7 @@ def audit_export(ctx, since, until, fmt, out):
     actor = ledger.os_user()
     header = audit.export_header(rng, since, until, actor, _installation_key(Path(ctx.config().storage.keys_dir)))
     with _open_out(out, newline="" if fmt == "csv" else None) as stream:
-        ledger.append_audit(actor, "audit.export", "audit", f"{rng.first}..{rng.last}", format=fmt,
+        ledger.append_audit(actor, audit_actions.AUDIT_EXPORT, "audit", f"{rng.first}..{rng.last}", format=fmt,
                             first_seq=rng.first, last_seq=rng.last, entries=rng.count,
                             since=header["since"], until=header["until"],
                             out=str(out.resolve()) if out else "stdout")
@@ -233,7 +233,7 @@ def report_command(ctx, since, until, fmt, out, timezone):
     with progress(lambda: report.count_calls(since, until), "reading calls") as update:
         data = report.build_report(config, since=since, until=until, timezone=timezone, progress=update)
     text = report.render(data, fmt)
-    ledger.append_audit(ledger.os_user(), "report.generate", "report", fmt, format=fmt,
+    ledger.append_audit(ledger.os_user(), audit_actions.REPORT_GENERATE, "report", fmt, format=fmt,
                         since=data["period"]["since"], until=data["period"]["until"], calls=data["calls"]["total"])
     with _open_out(out) as stream:
         stream.write(text if text.endswith("\n") else text + "\n")

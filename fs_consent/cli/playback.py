@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..privacy.errors import SubjectError
+from ..store import audit_actions
 from .options import legal_claim_option
 
 pass_ctx = click.pass_obj
@@ -84,7 +85,7 @@ def recordings_play(ctx, recording_id, player, identity, legal_claim):
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE)
     except OSError as exc:
         raise click.ClickException(f"cannot start the player {argv[0]}: {exc.strerror or exc}") from None
-    ledger.append_audit(ledger.os_user(), "recording.play", "recording", rec.id, player=Path(argv[0]).name,
+    ledger.append_audit(ledger.os_user(), audit_actions.RECORDING_PLAY, "recording", rec.id, player=Path(argv[0]).name,
                         legal_claim=legal_claim,
                         restriction=restriction.request.ref if restriction else None)
     problem = None

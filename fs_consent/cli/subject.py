@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..privacy.errors import SubjectError
+from ..store import audit_actions
 from .options import legal_claim_option, phone_option, request_option, stdin_if_dash
 from .output import render
 from .types import format_option
@@ -116,7 +117,7 @@ def find(ctx, number, ref, fmt):
         _fail(exc)
     calls = list(subjects.calls_of(caller_hash))
     rows = subjects.overview(calls)
-    ledger.append_audit(ledger.os_user(), "subject.find", "request" if request else "subject",
+    ledger.append_audit(ledger.os_user(), audit_actions.SUBJECT_FIND, "request" if request else "subject",
                         request.ref if request else "-", calls=len(calls))
     click.echo(render(rows, fmt))
     click.echo(_objection_line(caller_hash), err=fmt != "table")

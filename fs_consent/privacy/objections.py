@@ -14,9 +14,9 @@ request reference and the objection's id, never the number or its hash.
 
 from __future__ import annotations
 
-from ..store import ledger
+from ..store import audit_actions, ledger
 from ..store.ledger import Objection, SubjectRequest
-from .errors import SubjectError
+from .subjects import SubjectError
 
 
 def objects(caller_hash: str) -> bool:
@@ -53,7 +53,7 @@ def place(caller_hash: str, request: SubjectRequest, *, actor: str) -> Objection
                                "its calls are not recorded")
         objection = Objection.create(caller_hash=caller_hash, request=request, placed_at=ledger.utcnow(),
                                      placed_by=actor)
-        ledger.append_audit(actor, "subject.object", "request", request.ref, objection=objection.id)
+        ledger.append_audit(actor, audit_actions.SUBJECT_OBJECT, "request", request.ref, objection=objection.id)
     return objection
 
 
@@ -66,6 +66,6 @@ def withdraw(caller_hash: str, request: SubjectRequest, *, actor: str) -> Object
         objection.withdrawn_at, objection.withdrawn_by = ledger.utcnow(), actor
         objection.withdraw_request = request
         objection.save()
-        ledger.append_audit(actor, "subject.withdraw_objection", "request", request.ref,
+        ledger.append_audit(actor, audit_actions.SUBJECT_WITHDRAW_OBJECTION, "request", request.ref,
                             objection=objection.id)
     return objection

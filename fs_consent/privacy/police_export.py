@@ -38,11 +38,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import __version__
 from ..secure import keys
+from ..secure.files import create_private, fsync_dir
 from ..secure.protect import FieldError, FieldProtector
-from ..secure.seal_worker import HashingWriter, discard, fsync_dir
+from ..secure.seal_worker import HashingWriter, discard
 from ..secure.spool import is_recording_id
 from ..secure.vault import VaultError
-from ..store import holds, ledger
+from ..store import audit_actions, holds, ledger
 from ..store.ledger import CallFlag, Recording
 from . import subjects
 from .errors import RecordingRestricted
@@ -168,7 +169,7 @@ def export(recording_id: str, *, case_ref: str, out_dir: Path, keys_dir: Path, v
         raise
     manifest_sha = hashlib.sha256(data).hexdigest()
     held = holds.is_held(rec.id)
-    ledger.append_audit(actor, "recording.export", "recording", rec.id, kind="police", case_ref=case_ref,
+    ledger.append_audit(actor, audit_actions.RECORDING_EXPORT, "recording", rec.id, kind="police", case_ref=case_ref,
                         manifest_sha256=manifest_sha, file_sha256=entry["sha256"],
                         encrypted_to=str(police) if police else None, caller_number=include_number,
                         out=str(out_dir.resolve()), legal_claim=legal_claim,
@@ -245,7 +246,7 @@ def prepare_dir(out_dir: Path) -> bool:
 
 
 def open_new(path: Path, written: list[Path]):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = create_private(path)
     written.append(path)
     return open(fd, "wb", buffering=_BUFFER)
 

@@ -51,11 +51,11 @@ from pathlib import Path
 from peewee import SqliteDatabase, Tuple, Value, fn
 
 from ..core.durations import format_duration
-from ..secure.seal_worker import fsync_dir
-from ..secure.spool import recording_path
-from ..store import ledger
+from ..secure.files import fsync_dir
+from ..store import audit_actions, ledger
 from ..store.holds import held_calls, held_recordings
 from ..store.ledger import Call, CallDetail, LegalHold, Objection, PurgePending, PurgeRun, Recording
+from ..store.recordings import mark_deleted, remove_files
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Purge:
             if stale:  # we hold the lock: those runs are dead
                 PurgeRun.update(status="interrupted").where(PurgeRun.seq.in_(stale)).execute()
             run = PurgeRun.create(started_at=ledger.utcnow(), actor=self.actor, as_of=self.as_of, status="running")
-            ledger.append_audit(self.actor, "purge.start", "purge", str(run.seq), as_of=self.as_of,
+            ledger.append_audit(self.actor, audit_actions.PURGE_START, "purge", str(run.seq), as_of=self.as_of,
                                 recordings_term_s=self.terms.recordings.total_seconds(),
                                 call_records_term_s=self.terms.call_records.total_seconds(),
                                 interrupted_runs=stale)
@@ -239,7 +239,7 @@ class Purge:
             PurgeRun.update(finished_at=ledger.utcnow(), status="done", recordings_deleted=report.recordings_deleted,
                             calls_erased=report.calls_erased, pending_completed=report.pending_completed,
                             ).where(PurgeRun.seq == run.seq).execute()
-            ledger.append_audit(self.actor, "purge.finish", "purge", str(run.seq), as_of=self.as_of,
+            ledger.append_audit(self.actor, audit_actions.PURGE_FINISH, "purge", str(run.seq), as_of=self.as_of,
                                 recordings_deleted=report.recordings_deleted, calls_erased=report.calls_erased,
                                 pending_completed=report.pending_completed, recordings_held=report.recordings_held,
                                 calls_held=report.calls_held, file_errors=len(report.errors),
@@ -313,8 +313,7 @@ class Purge:
                           .where(Recording.id.not_in(held_recordings())).limit(self.batch_size))
                 PurgePending.insert_from(chosen, [PurgePending.recording, PurgePending.run,
                                                   PurgePending.batch]).execute()
-                Recording.update(state=ledger.DELETED, state_reason="retention", deleted_at=now).where(
-                    Recording.id.in_(PurgePending.select(PurgePending.recording).where(this))).execute()
+                mark_deleted(PurgePending.select(PurgePending.recording).where(this), reason="retention", at=now)
 
             self._write(claim)
             ids = [rid for (rid,) in PurgePending.select(PurgePending.recording).where(this).tuples()]
@@ -342,9 +341,8 @@ class Purge:
 
         def remove(rid: str) -> OSError | None:
             try:
-                if f"{rid}.wav" in spool:
-                    recording_path(self.spool_dir, rid).unlink(missing_ok=True)
-                self.vault.delete(rid, sync=False, tmp=rid in strays)
+                remove_files(rid, self.vault, self.spool_dir if f"{rid}.wav" in spool else None, sync=False,
+                             tmp=rid in strays)
             except OSError as exc:
                 return exc
             return None

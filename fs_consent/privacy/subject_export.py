@@ -34,10 +34,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .. import __version__
 from ..core.durations import format_duration
 from ..secure import keys
+from ..secure.files import fsync_dir
 from ..secure.protect import FieldError, normalise_phone
-from ..secure.seal_worker import fsync_dir
 from ..secure.vault import VaultError
-from ..store import holds, ledger
+from ..store import audit_actions, holds, ledger
 from ..store.ledger import CallDetail, CallFlag, ConsentEvent, Objection, Recording
 from . import subject_requests, subjects
 from .errors import SubjectError
@@ -117,7 +117,7 @@ def export(number: str, *, request_ref: str, out_dir: Path, config, vault, actor
         write_new(out_dir / SUMMARY, render_html(doc, tz).encode(), written)
         fsync_dir(out_dir)
         ledger.append_audit(
-            actor, "subject.export", "request", request.ref,
+            actor, audit_actions.SUBJECT_EXPORT, "request", request.ref,
             calls=[c["uuid"] for c in doc["calls"]],
             recordings=[{"id": f["recording_id"], "sha256": f["sha256"]} for f in doc["files"]],
             left_out=[x["recording_id"] for x in doc["left_out"]],

@@ -22,7 +22,7 @@ import datetime as dt
 from peewee import IntegrityError
 
 from ..core.references import REFERENCE_RULE, is_reference
-from ..store import ledger
+from ..store import audit_actions, ledger
 from ..store.ledger import Call, CallDetail, Objection, Restriction, SubjectRequest
 
 KINDS = ("access", "erase", "restrict", "rectify", "object")
@@ -107,8 +107,8 @@ def add(ref: str, kind: str, received_on: dt.date, *, actor: str, note: str | No
                                         note=(note or "").strip() or None)
         except IntegrityError:  # registered meanwhile by someone else
             raise RequestError(f"request {ref} is already in the register") from None
-        ledger.append_audit(actor, "request.add", "request", ref, kind=kind, received_on=received_on.isoformat(),
-                            due_on=due.isoformat(), identity_verified=True)
+        ledger.append_audit(actor, audit_actions.REQUEST_ADD, "request", ref, kind=kind,
+                            received_on=received_on.isoformat(), due_on=due.isoformat(), identity_verified=True)
     return req
 
 
@@ -131,7 +131,7 @@ def extend(ref: str, reason: str, *, actor: str, today: dt.date | None = None) -
         previous = req.due_on
         req.due_on, req.extended_at, req.extension_reason = due, ledger.utcnow(), reason
         req.save()
-        ledger.append_audit(actor, "request.extend", "request", ref, kind=req.kind,
+        ledger.append_audit(actor, audit_actions.REQUEST_EXTEND, "request", ref, kind=req.kind,
                             received_on=req.received_on.isoformat(), previous_due_on=previous.isoformat(),
                             due_on=due.isoformat())
     return req
@@ -151,7 +151,7 @@ def decide(ref: str, decision: str, reason: str, *, actor: str, today: dt.date |
         req.decision, req.decision_reason = decision, reason
         req.decided_at, req.decided_by = ledger.utcnow(), actor
         req.save()
-        ledger.append_audit(actor, "request.decide", "request", ref, kind=req.kind, decision=decision,
+        ledger.append_audit(actor, audit_actions.REQUEST_DECIDE, "request", ref, kind=req.kind, decision=decision,
                             received_on=req.received_on.isoformat(), due_on=req.due_on.isoformat(),
                             decided_on=today.isoformat(), late=today > req.due_on)
     return req

@@ -33,10 +33,10 @@ from pathlib import Path
 
 from ..secure import keys
 from ..secure.protect import FieldProtector, normalise_phone
-from ..store import holds, ledger
+from ..store import audit_actions, holds, ledger
 from ..store.ledger import Call, CallDetail, LegalHold, Objection, Recording, Restriction, SubjectRequest
+from ..store.recordings import mark_deleted, remove_files
 from .errors import RecordingRestricted, SubjectError
-from .withdrawal import erase_recording_files
 
 #: the call details a rectification may set; each is also its protect.py kind
 FIELDS = ("name", "address", "subject")
@@ -200,13 +200,12 @@ def erase(caller_hash: str, request: SubjectRequest, *, actor: str, spool_dir: P
                            "are already deleted")
     now = ledger.utcnow()
     for rec in to_delete:  # files first: a crash before the transaction leaves rows that a rerun completes
-        erase_recording_files(rec.id, spool_dir, vault)
+        remove_files(rec.id, vault, spool_dir)
     report.deleted = [rec.id for rec in to_delete]
     report.erased = [call.uuid for call in to_erase]
     with ledger.database.atomic():
         if to_delete:
-            Recording.update(state=ledger.DELETED, state_reason=ERASURE_REASON, deleted_at=now).where(
-                Recording.id.in_(report.deleted)).execute()
+            mark_deleted(report.deleted, reason=ERASURE_REASON, at=now)
         if to_erase:
             Call.update(caller_hash=None, caller_sealed=None, personal_erased_at=now,
                         personal_erased_reason=f"{ERASURE_REASON}:{request.ref}").where(
@@ -215,7 +214,7 @@ def erase(caller_hash: str, request: SubjectRequest, *, actor: str, spool_dir: P
         if not recordings_only:  # a withdrawn objection's hash would find the number again; a standing one stays
             report.objections_unlinked = Objection.update(caller_hash=Objection.ERASED_HASH).where(
                 (Objection.caller_hash == caller_hash) & Objection.withdrawn_at.is_null(False)).execute()
-        ledger.append_audit(actor, "subject.erase", "request", request.ref, **report.audit_detail())
+        ledger.append_audit(actor, audit_actions.SUBJECT_ERASE, "request", request.ref, **report.audit_detail())
     return report
 
 
@@ -247,7 +246,8 @@ def restrict(caller_hash: str, request: SubjectRequest, *, actor: str) -> list[R
     with ledger.database.atomic():
         placed = [Restriction.create(call=call.id, request=request.id, placed_at=now, placed_by=actor)
                   for call in todo]
-        ledger.append_audit(actor, "subject.restrict", "request", request.ref, calls=[call.uuid for call in todo])
+        ledger.append_audit(actor, audit_actions.SUBJECT_RESTRICT, "request", request.ref,
+                            calls=[call.uuid for call in todo])
     return placed
 
 
@@ -265,7 +265,7 @@ def unrestrict(caller_hash: str, request: SubjectRequest, *, actor: str) -> list
     with ledger.database.atomic():
         Restriction.update(lifted_at=ledger.utcnow(), lifted_by=actor, lift_request=request.id).where(
             Restriction.id.in_([r.id for r in active])).execute()
-        ledger.append_audit(actor, "subject.unrestrict", "request", request.ref, calls=uuids)
+        ledger.append_audit(actor, audit_actions.SUBJECT_UNRESTRICT, "request", request.ref, calls=uuids)
     return uuids
 
 
@@ -294,5 +294,6 @@ def rectify(call_uuid: str, field_name: str, value: str, request: SubjectRequest
             detail = CallDetail(call=call.id, field=field_name)
         detail.value_sealed, detail.updated_at, detail.updated_by, detail.request = sealed, now, actor, request.id
         detail.save()
-        ledger.append_audit(actor, "subject.rectify", "request", request.ref, calls=[call.uuid], field=field_name)
+        ledger.append_audit(actor, audit_actions.SUBJECT_RECTIFY, "request", request.ref, calls=[call.uuid],
+                            field=field_name)
     return detail

@@ -14,16 +14,8 @@ import datetime as dt
 from pathlib import Path
 
 from ..core import consent
-from ..secure.spool import recording_path
-from ..store import holds, ledger
+from ..store import audit_actions, holds, ledger, recordings
 from ..store.ledger import Call, ConsentEvent, Recording
-
-
-def erase_recording_files(recording_id: str, spool_dir: Path, vault) -> None:
-    """Remove every byte of a recording: plaintext in the spool and ciphertext in the store."""
-
-    recording_path(spool_dir, recording_id).unlink(missing_ok=True)
-    vault.delete(recording_id)
 
 
 def withdraw_ended_call(call: Call, *, by: str, actor: str, spool_dir: Path, vault) -> list[str]:
@@ -33,20 +25,15 @@ def withdraw_ended_call(call: Call, *, by: str, actor: str, spool_dir: Path, vau
     of the call is under legal hold.
     """
     now = ledger.utcnow()
-    deleted = []
-    recordings = list(call.recordings.where(Recording.state != ledger.DELETED))
-    holds.refuse_if_held(rec.id for rec in recordings)
-    for rec in recordings:
-        erase_recording_files(rec.id, spool_dir, vault)
-        rec.state, rec.state_reason, rec.deleted_at = ledger.DELETED, "withdrawn", now
-        rec.save()
-        ledger.append_audit(actor, "recording.delete", "recording", rec.id, reason="withdrawn", by=by)
-        deleted.append(rec.id)
+    remaining = list(call.recordings.where(Recording.state != ledger.DELETED))
+    holds.refuse_if_held(rec.id for rec in remaining)
+    deleted = [rec.id for rec in remaining if recordings.delete_recording(
+        rec.id, reason="withdrawn", actor=actor, vault=vault, spool_dir=spool_dir, at=now, by=by)]
     if call.outcome != consent.WITHDRAWN:
         call.outcome, call.withdrawn_by, call.withdrawn_at = consent.WITHDRAWN, by, now
         call.save()
         ConsentEvent.create(call=call, at=now, kind="withdrawal", outcome=consent.WITHDRAWN, by=by)
-        ledger.append_audit(actor, "consent.withdraw", "call", call.uuid, by=by, after_call=True)
+        ledger.append_audit(actor, audit_actions.CONSENT_WITHDRAW, "call", call.uuid, by=by, after_call=True)
     return deleted
 
 

@@ -31,7 +31,7 @@ from playhouse.db_url import connect as connect_url
 
 from .. import esl
 from ..core.config import ConfigError, load_config
-from ..secure import keys, spool
+from ..secure import files, keys, spool
 from ..secure.vault import probe_writable
 from ..store import ledger
 from ..store.migrations import SchemaError, read_schema_version
@@ -107,16 +107,11 @@ def check_keys_dir(config) -> Check:
     if not path.exists():
         return Check("keys", WARN, f"{path} does not exist: the keys are generated on the first start "
                                    "(or by fs-consent keys init)")
-    st = path.stat()
-    if not stat.S_ISDIR(st.st_mode):
-        return Check("keys", FAIL, f"{path} is not a directory")
-    if st.st_uid != os.geteuid():
-        return Check("keys", FAIL, f"{path} is owned by uid {st.st_uid}, not by the user running "
-                                   f"fs-consent (uid {os.geteuid()})")
-    if st.st_mode & 0o077:
-        return Check("keys", FAIL, f"{path} is accessible by group/others (mode {_mode(st)}); "
-                                   f"run: chmod 700 {path}")
-    return Check("keys", OK, f"{path} {_mode(st)}")
+    try:
+        files.check_private_dir(path)
+    except files.NotPrivate as exc:
+        return Check("keys", FAIL, str(exc))
+    return Check("keys", OK, f"{path} {_mode(path.stat())}")
 
 
 def _recipients(keys_dir: Path) -> list[str] | None:

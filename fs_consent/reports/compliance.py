@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from ..core.durations import format_duration
 from ..privacy import subject_requests
 from ..secure import keys as keyfiles
 from ..secure.age_header import AgeHeaderError, HeaderOpener, read_age_header
+from ..secure.files import NotPrivate, check_private, check_private_dir
 from ..secure.spool import is_recording_id
 from ..store import ledger
 from ..store.audit import trusted_keys, verify_trail
@@ -231,9 +231,9 @@ def check_key_permissions(config, opts: Options) -> CheckResult:
     keys_dir = Path(config.storage.keys_dir)
     problems = []
     try:
-        mode = stat.S_IMODE(keys_dir.stat().st_mode)
-        if mode & 0o077:
-            problems.append(f"{keys_dir} is accessible by group/others (mode {mode:04o}); run: chmod 700 {keys_dir}")
+        check_private_dir(keys_dir)
+    except NotPrivate as exc:
+        problems.append(str(exc))
     except OSError as exc:
         problems.append(f"{keys_dir}: {exc.strerror}")
     checked = []
@@ -242,7 +242,7 @@ def check_key_permissions(config, opts: Options) -> CheckResult:
         if name == keyfiles.IDENTITY_FILE and not path.exists():
             continue  # kept offline
         try:
-            keyfiles.check_private_file(path)
+            check_private(path, error=keyfiles.KeyFileError)
             checked.append(name)
         except keyfiles.KeyFileError as exc:
             problems.append(str(exc))

@@ -51,7 +51,7 @@ from ..privacy import objections
 from ..secure.protect import normalise_phone
 from ..secure.spool import recording_path
 from ..store import facts as ledger_facts
-from ..store import ledger
+from ..store import ledger, recordings
 
 log = logging.getLogger(__name__)
 
@@ -449,8 +449,7 @@ class CallSession:
         self._deleted.add(rid)
         sealed = rid in self._sealed  # then it may be under a legal hold: the ledger decides, in order
         if not sealed:
-            self._path(rid).unlink(missing_ok=True)
-            self.ctx.vault.delete(rid)
+            recordings.remove_files(rid, self.ctx.vault, self.ctx.spool_dir)
         self.ctx.writer.record(ledger_facts.RecordingDeleted(rid, cmd.reason, ledger.utcnow(), sealed=sealed))
 
     def _do_FlagCall(self, cmd: FlagCall) -> None:

@@ -29,10 +29,10 @@ from gevent.server import StreamServer
 
 from ..core import consent
 from ..privacy.withdrawal import recent_recorded_calls, withdraw_ended_call
-from ..secure import keys, spool
+from ..secure import files, keys, spool
 from ..secure.protect import FieldProtector
 from ..secure.vault import Vault, VaultError, why
-from ..store import audit, facts, holds, ledger
+from ..store import audit, audit_actions, facts, holds, ledger, recordings
 from ..store.connection import close_database, open_database
 from ..store.ledger import Call, ConsentEvent, Recording
 from ..store.writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
@@ -82,7 +82,7 @@ class ServerContext:
             self.announce(message)
         identity = Path(s.keys_dir) / keys.IDENTITY_FILE
         if identity.exists():
-            keys.check_private_file(identity)  # refuse to run next to a readable private key
+            files.check_private(identity, error=keys.KeyFileError)  # refuse to run next to a readable private key
         self.protector = FieldProtector(keys.load_field_key(Path(s.keys_dir)))
         recipients = keys.load_recipients(Path(s.keys_dir))
         self.vault_ready = bool(recipients)
@@ -121,7 +121,8 @@ class ServerContext:
         gevent.sleep(delay)
         path = spool.recording_path(self.spool_dir, recording_id)
         for attempt in itertools.count():
-            if recording_id in withdrawn:
+            if recording_id in withdrawn:  # before it was sealed: the driver left its plaintext to this seal
+                recordings.remove_files(recording_id, self.vault, self.spool_dir)
                 return
             try:
                 sealed = self.vault.seal(path, recording_id)
@@ -138,7 +139,7 @@ class ServerContext:
         if attempt:
             log.warning("recording %s sealed after %d retries", recording_id, attempt)
         if recording_id in withdrawn:
-            self.vault.delete(recording_id)
+            recordings.remove_files(recording_id, self.vault, None)
             return
         self.writer.record(facts.RecordingSealed(recording_id, sealed.size, sealed.sha256, ledger.utcnow()))
 
@@ -160,9 +161,10 @@ class ServerContext:
         for rec in Recording.select().where(Recording.state == ledger.RECORDING):
             if rec.id in report.deferred or self._mark_sealed_if_stored(rec):
                 continue
-            withdrawn = rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None
-            state, reason = (ledger.DELETED, "recovery") if withdrawn else (ledger.FAILED, "lost-in-crash")
-            Recording.update(state=state, state_reason=reason).where(Recording.id == rec.id).execute()
+            if rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None:
+                recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
+            else:
+                recordings.not_sealed(rec.id, ledger.FAILED, "lost-in-crash")
         self._end_interrupted_calls()
         return report
 
@@ -208,23 +210,15 @@ class ServerContext:
         def seal(path: Path, recording_id: str) -> None:
             sealed = self.vault.seal(path, recording_id)
 
-            def write() -> None:
-                Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=sealed.size,
-                                 sha256=sealed.sha256).where(Recording.id == recording_id).execute()
-                ledger.append_audit("server", "recording.seal", "recording", recording_id, recovered=True)
-                holds.hold_flagged(recording_id)
-            db(write)
+            db(lambda: recordings.sealed(recording_id, size=sealed.size, sha256=sealed.sha256, recovered=True))
 
         def deleted(recording_id: str) -> None:
             rec = Recording.get_or_none(Recording.id == recording_id)
             if rec is None:
-                ledger.append_audit("server", "recording.delete", "recording", recording_id,
+                ledger.append_audit("server", audit_actions.RECORDING_DELETE, "recording", recording_id,
                                     reason="recovery-no-ledger-row")
             elif rec.state != ledger.SEALED:
-                Recording.update(state=ledger.DELETED, state_reason="recovery", deleted_at=now).where(
-                    (Recording.id == recording_id) & (Recording.state != ledger.DELETED)).execute()
-                ledger.append_audit("server", "recording.delete", "recording", recording_id, reason="recovery",
-                                    outcome=rec.call.outcome)
+                recordings.record_deleted(recording_id, reason="recovery", at=now, outcome=rec.call.outcome)
 
         report = spool.recover(self.spool_dir, decide, seal, ready=ready)
         for recording_id in report.deleted:
@@ -239,12 +233,7 @@ class ServerContext:
         if stored is None:
             return False
         size, digest = stored
-        Recording.update(state=ledger.SEALED, sealed_at=ledger.utcnow(), size=size, sha256=digest).where(
-            Recording.id == rec.id).execute()
-        ledger.append_audit("server", "recording.seal", "recording", rec.id, recovered=True, size=size,
-                            sha256=digest)
-        holds.hold_flagged(rec.id)
-        return True
+        return recordings.sealed(rec.id, size=size, sha256=digest, recovered=True)
 
     @staticmethod
     def _end_interrupted_calls() -> None:
@@ -258,8 +247,8 @@ class ServerContext:
                     changes.update(outcome=consent.ERROR, decided_by=consent.BY_RESTART, decided_at=now)
                     ConsentEvent.insert(call=call.id, at=now, kind="decision", outcome=consent.ERROR,
                                         by=consent.BY_RESTART).execute()
-                    ledger.append_audit("server", "consent.decision", "call", call.uuid, outcome=consent.ERROR,
-                                        by=consent.BY_RESTART)
+                    ledger.append_audit("server", audit_actions.CONSENT_DECISION, "call", call.uuid,
+                                        outcome=consent.ERROR, by=consent.BY_RESTART)
                 Call.update(**changes).where(Call.id == call.id).execute()
 
     # --- withdrawal ---------------------------------------------------------------
@@ -281,9 +270,9 @@ class ServerContext:
             # under legal hold: not erased; the privacy officer can see the caller asked
             for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid,
                                               held=True):
-                ledger.append_audit("server", "consent.withdraw.refused", "call", call.uuid, by=consent.BY_CALLBACK,
-                                    reason="legal-hold", holds=[h.id for h in holds.holds_on(
-                                        r.id for r in call.recordings)])
+                ledger.append_audit("server", audit_actions.CONSENT_WITHDRAW_REFUSED, "call", call.uuid,
+                                    by=consent.BY_CALLBACK, reason="legal-hold",
+                                    holds=[h.id for h in holds.holds_on(r.id for r in call.recordings)])
 
         self.writer.submit(write)
 
@@ -300,8 +289,8 @@ class ServerContext:
             # the recording is gone once withdraw() returns; the ledger may be busy: the
             # facts are queued in order and land when it can take them
             outcomes = [session.withdraw(consent.BY_COMMAND) for session in sessions]
-            self.writer.submit(lambda: ledger.append_audit(actor, "consent.withdraw.request", "call", call_uuid,
-                                                           live=True))
+            self.writer.submit(lambda: ledger.append_audit(actor, audit_actions.CONSENT_WITHDRAW_REQUEST, "call",
+                                                           call_uuid, live=True))
             written = self.writer.flush(timeout=CONTROL_LEDGER_WAIT_S)
             return {"ok": True, "live": True, "outcome": outcomes[-1], "ledger": "written" if written else "queued"}
 

@@ -26,6 +26,8 @@ import pyrage
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .files import check_private, create_private, fsync_dir
+
 IDENTITY_FILE = "identity.txt"
 RECIPIENTS_FILE = "recipients.txt"
 FIELD_KEY_FILE = "field.key"
@@ -78,26 +80,6 @@ class KeysCreated:
         return lines
 
 
-def check_private_file(path: Path) -> None:
-    """Refuse a secret file that group/others may access or that another user owns."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path} does not exist") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise KeyFileError(
-            f"{path} is accessible by group/others (mode {mode:04o}); run: chmod 600 {path}"
-        )
-    if st.st_uid != os.geteuid():
-        raise KeyFileError(
-            f"{path} is owned by uid {st.st_uid}, not by the user running fs-consent "
-            f"(uid {os.geteuid()}); run: chown {os.geteuid()} {path}"
-        )
-
-
 def load_recipients(keys_dir: Path) -> list[str]:
     """The validated recipients in ``recipients.txt``; [] if the file is missing or lists none.
 
@@ -147,7 +129,7 @@ def load_identity(keys_dir: Path, path: Path | None = None) -> pyrage.x25519.Ide
             f"no age identity at {path} (on a write-only server it is kept offline; "
             "pass its path)"
         )
-    check_private_file(path)
+    check_private(path, error=KeyFileError)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -171,7 +153,7 @@ def load_identity(keys_dir: Path, path: Path | None = None) -> pyrage.x25519.Ide
 def load_field_key(keys_dir: Path) -> bytes:
     """The 64-byte personal-field key from ``field.key``, permission-checked."""
     path = keys_dir / FIELD_KEY_FILE
-    check_private_file(path)
+    check_private(path, error=KeyFileError)
     try:
         key = base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True)
     except (OSError, UnicodeDecodeError, binascii.Error):
@@ -260,7 +242,7 @@ def _ensure_signing_key(keys_dir: Path) -> list[Path]:
 def load_signing_key(keys_dir: Path) -> Ed25519PrivateKey:
     """The installation's Ed25519 key, permission-checked."""
     path = keys_dir / SIGNING_KEY_FILE
-    check_private_file(path)
+    check_private(path, error=KeyFileError)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError):
@@ -323,7 +305,7 @@ def _ensure_dir(keys_dir: Path) -> None:
 def _write_file(path: Path, text: str, mode: int, *, replace: bool = False) -> None:
     """Write durably via a temp file; without ``replace``, fail if ``path`` exists."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = create_private(tmp)
     try:
         with open(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), mode)
@@ -339,8 +321,4 @@ def _write_file(path: Path, text: str, mode: int, *, replace: bool = False) -> N
                 raise KeyFileError(f"{path} already exists; not overwriting it") from None
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)

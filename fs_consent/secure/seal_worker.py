@@ -9,7 +9,8 @@
 The worker exits at end of input. It ignores SIGINT and SIGTERM: its parent decides
 when it stops, so a Ctrl-C or a service stop does not cut a seal in half.
 
-This module imports neither gevent nor the rest of fs-consent, to keep workers light.
+This module imports neither gevent nor the rest of fs-consent (but the stdlib-only
+``files``), to keep workers light.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyrage
+
+from .files import PRIVATE_MODE, fsync_dir
 
 _BUFFER = 1 << 20
 
@@ -81,7 +84,8 @@ def seal_file(plaintext: Path, out_path: Path, recipients: list[str]) -> Sealed:
         raise VaultError(f"cannot read plaintext {plaintext}: {exc.strerror}") from None
     with src:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            # not O_EXCL: a .tmp a killed worker left is ours to replace
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_MODE)
             with open(fd, "wb", buffering=_BUFFER) as dst:
                 writer = HashingWriter(dst)
                 pyrage.encrypt_io(src, writer, parsed)
@@ -112,14 +116,6 @@ def discard(path: Path) -> None:
     """Best-effort removal on an error path: must not mask the error being handled."""
     with contextlib.suppress(OSError):
         path.unlink()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _handle(line: bytes) -> dict:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .seal_worker import fsync_dir
+from .files import fsync_dir
 
 log = logging.getLogger(__name__)
 

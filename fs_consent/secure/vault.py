@@ -21,7 +21,8 @@ import gevent.queue
 import gevent.subprocess
 import pyrage
 
-from .seal_worker import HashingWriter, Sealed, VaultError, discard, fsync_dir, parse_recipients, seal_file
+from .files import create_private, fsync_dir
+from .seal_worker import HashingWriter, Sealed, VaultError, discard, parse_recipients, seal_file
 from .spool import check_recording_id, is_recording_id
 
 __all__ = ["DecryptError", "Sealed", "Vault", "VaultError", "probe_writable", "seal_file", "why"]
@@ -41,7 +42,7 @@ def probe_writable(directory: Path, size: int = 4096) -> OSError | None:
     """Write, fsync and remove a small file in ``directory``; the error if that fails."""
     probe = directory / f".probe-{secrets.token_hex(8)}"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = create_private(probe)
         try:
             os.write(fd, b"\0" * size)
             os.fsync(fd)
@@ -266,11 +267,7 @@ class Vault:
             raise VaultError(f"cannot read {src_path}: {exc.strerror}") from None
         part = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
         try:
-            with src, open(
-                os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600),
-                "wb",
-                buffering=_BUFFER,
-            ) as dst:
+            with src, open(create_private(part), "wb", buffering=_BUFFER) as dst:
                 writer = HashingWriter(dst)
                 try:
                     pyrage.decrypt_io(src, writer, identities)

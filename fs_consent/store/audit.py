@@ -60,14 +60,13 @@ from .. import __version__
 from ..core.durations import format_duration
 from ..core.logs import fields
 from ..secure import keys as keyfiles
+from . import audit_actions
 from .ledger import GENESIS_HASH, AuditCheckpoint, AuditEntry, Meta, append_audit, database, utcnow
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fs-consent-audit/1"
 CHECKPOINT_DOMAIN = "fs-consent-audit-checkpoint/1"
-CHECKPOINT_ACTION = "audit.checkpoint"
-START_ACTION = "server.start"  # the first entry of each run of the server
 REASONS = ("startup", "periodic", "shutdown", "manual")  # why a checkpoint was signed
 WITNESS_FORMAT = "fs-consent-audit-witness/1"  # one line per checkpoint, outside the database
 SERVER_STATES = ("running", "stopped", "unknown")  # what the verifier knows of the server
@@ -126,7 +125,7 @@ def write_checkpoint(signing_key: Ed25519PrivateKey, actor: str, reason: str = "
         checkpoint = AuditCheckpoint.create(
             seq=seq, head_hash=head_hash, signed_at=signed_at, public_key=public,
             signature=base64.b64encode(signature).decode("ascii"))
-        append_audit(actor, CHECKPOINT_ACTION, "audit", str(seq), checkpoint=checkpoint.id, seq=seq,
+        append_audit(actor, audit_actions.AUDIT_CHECKPOINT, "audit", str(seq), checkpoint=checkpoint.id, seq=seq,
                      head_hash=head_hash, public_key=public, reason=reason)
     checkpoint.reason = reason
     return checkpoint
@@ -306,9 +305,9 @@ def record_config(config, actor: str = "server") -> AuditEntry | None:
             return None
         _meta_set("audit.config", {"sha256": digest, "values": described})
         if seen is None:
-            return append_audit(actor, "config.initial", "config", digest[:16], sha256=digest,
+            return append_audit(actor, audit_actions.CONFIG_INITIAL, "config", digest[:16], sha256=digest,
                                 keys=len(described))
-        return append_audit(actor, "config.change", "config", digest[:16], sha256=digest,
+        return append_audit(actor, audit_actions.CONFIG_CHANGE, "config", digest[:16], sha256=digest,
                             previous_sha256=seen.get("sha256"),
                             changed=_changes(seen.get("values", {}), described))
 
@@ -348,7 +347,7 @@ def record_keys(keys_dir: Path, actor: str = "server", via: str = "start-up") ->
         if seen == state:
             return None
         _meta_set("audit.keys", state)
-        return append_audit(actor, "keys.change", "keys", str(keys_dir.name), via=via,
+        return append_audit(actor, audit_actions.KEYS_CHANGE, "keys", str(keys_dir.name), via=via,
                             first=seen is None, changed=_changes(seen or {}, state))
 
 
@@ -363,7 +362,7 @@ def _record_after(seq: int, checkpoint_id: int) -> tuple[int, dict] | None:
     """(seq, detail) of the trail entry recording checkpoint ``checkpoint_id`` (of entry ``seq``):
     the entry right after it, written in the same transaction."""
     row = _sql(f"SELECT seq, action, detail FROM {_ENTRIES} WHERE seq > ? ORDER BY seq LIMIT 1", (seq,)).fetchone()
-    if row is None or row[1] != CHECKPOINT_ACTION:
+    if row is None or row[1] != audit_actions.AUDIT_CHECKPOINT:
         return None
     detail = _detail(row[2])
     return (row[0], detail) if detail.get("checkpoint") == checkpoint_id else None
@@ -398,14 +397,15 @@ def record_server_start(actor: str = "server") -> AuditEntry:
         head_seq = head[0] if head else 0
         # (backwards from the head: this reads the entries since the last start, not the whole trail)
         start = _sql(f"SELECT seq FROM {_ENTRIES} WHERE action = ? ORDER BY seq DESC LIMIT 1",
-                     (START_ACTION,)).fetchone()
+                     (audit_actions.SERVER_START,)).fetchone()
         last = _last_checkpoint()
         if start is None:
             previous = "unknown" if last is not None else "none"
         else:
             previous = "unclean"
             for (text,) in _sql(f"SELECT detail FROM {_ENTRIES} WHERE seq > ? AND action = ? AND detail LIKE ? "
-                                "ORDER BY seq DESC", (start[0], CHECKPOINT_ACTION, _SHUTDOWN_LIKE)).fetchall():
+                                "ORDER BY seq DESC",
+                                (start[0], audit_actions.AUDIT_CHECKPOINT, _SHUTDOWN_LIKE)).fetchall():
                 if _detail(text).get("reason") == "shutdown":
                     previous = "clean"
                     break
@@ -417,7 +417,7 @@ def record_server_start(actor: str = "server") -> AuditEntry:
                                "reason": record[1].get("reason", "unknown") if record else None}
             unsigned = _sql(f"SELECT COUNT(*) FROM {_ENTRIES} WHERE seq > ?", (last[1],)).fetchone()[0]
             unsigned -= 1 if record else 0
-        entry = append_audit(actor, START_ACTION, "server", str(os.getpid()), previous=previous,
+        entry = append_audit(actor, audit_actions.SERVER_START, "server", str(os.getpid()), previous=previous,
                              previous_start=start[0] if start else None, last_checkpoint=last_checkpoint,
                              unsigned=unsigned, head_seq=head_seq, version=__version__)
     if previous == "unclean":
@@ -728,12 +728,12 @@ class _Verifier:
             if e.seq in self.pins:
                 if self.pins.pop(e.seq) != e.hash:
                     self.fault(e.seq, "rewritten", f"entry {e.seq} does not have the pinned hash")
-            if e.action == CHECKPOINT_ACTION:
+            if e.action == audit_actions.AUDIT_CHECKPOINT:
                 detail = self._recorded_checkpoint(e)
                 if detail.get("reason") == "shutdown" and self._run is not None:
                     self._run = None
                     self._shutdown = (e.seq, detail.get("checkpoint"), e.at)
-            elif e.action == START_ACTION:
+            elif e.action == audit_actions.SERVER_START:
                 self._start(e)
             prev_hash, prev_seq = e.hash, e.seq
             r.entries += 1
@@ -804,7 +804,7 @@ class _Verifier:
         else:
             candidates = [(max(_time(cp.signed_at) + dt.timedelta(seconds=p.every_seconds), first_at),
                            f"every {_seconds(p.every_seconds)} while anything is new")]
-        start = self._uncovered(0, "AND action = ?", (START_ACTION,))
+        start = self._uncovered(0, "AND action = ?", (audit_actions.SERVER_START,))
         if start is not None:
             candidates.append((_time(_iso(start[1])), f"the start at seq {start[0]} is signed at once"))
         nth = self._uncovered(skip + p.every_entries - 1)

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
-from . import holds, ledger
+from . import audit_actions, holds, ledger, recordings
 from .ledger import Call, ConsentEvent, Recording
 
 
@@ -91,7 +91,8 @@ class ConsentDecided(Fact):
                    else {"decided_by": self.by, "decided_at": at})
         Call.update(outcome=self.outcome, **changes).where(Call.id == call).execute()
         ConsentEvent.insert(call=call, at=at, kind=self.what, outcome=self.outcome, by=self.by).execute()
-        ledger.append_audit("server", f"consent.{self.what}", "call", self.uuid, outcome=self.outcome, by=self.by)
+        ledger.append_audit("server", audit_actions.CONSENT_WITHDRAWAL if self.what == "withdrawal"
+                            else audit_actions.CONSENT_DECISION, "call", self.uuid, outcome=self.outcome, by=self.by)
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,7 @@ class RecordingStarted(Fact):
     at: dt.datetime
 
     def apply(self, vault) -> None:
-        if Recording.select().where(Recording.id == self.recording_id).exists():
-            return
-        Recording.insert(id=self.recording_id, call=ledger.call_row(self.instance), state=ledger.RECORDING,
-                         started_at=_at(self.at)).execute()
+        recordings.started(self.recording_id, self.instance, _at(self.at))
 
 
 @dataclass(frozen=True)
@@ -157,16 +155,11 @@ class RecordingDeleted(Fact):
     sealed: bool = False
 
     def apply(self, vault) -> None:
-        if self.sealed:
-            if holds.is_held(self.recording_id):
-                ledger.append_audit("server", "recording.delete.refused", "recording", self.recording_id,
-                                    reason=self.reason, holds=[h.id for h in holds.holds_on([self.recording_id])])
-                return
-            vault.delete(self.recording_id)
-        changed = Recording.update(state=ledger.DELETED, state_reason=self.reason, deleted_at=_at(self.at)).where(
-            (Recording.id == self.recording_id) & (Recording.state != ledger.DELETED)).execute()
-        if changed:
-            ledger.append_audit("server", "recording.delete", "recording", self.recording_id, reason=self.reason)
+        if self.sealed:  # its plaintext left the spool when it was sealed
+            recordings.delete_recording(self.recording_id, reason=self.reason, actor="server", vault=vault,
+                                        spool_dir=None, at=_at(self.at))
+        else:
+            recordings.record_deleted(self.recording_id, reason=self.reason, at=_at(self.at))
 
 
 @dataclass(frozen=True)
@@ -175,8 +168,7 @@ class RecordingDiscarded(Fact):
     recording_id: str
 
     def apply(self, vault) -> None:
-        Recording.update(state=ledger.DISCARDED, state_reason="no-audio").where(
-            (Recording.id == self.recording_id) & (Recording.state == ledger.RECORDING)).execute()
+        recordings.not_sealed(self.recording_id, ledger.DISCARDED, "no-audio")
 
 
 @dataclass(frozen=True)
@@ -188,17 +180,11 @@ class RecordingSealed(Fact):
     at: dt.datetime
 
     def apply(self, vault) -> None:
-        changed = Recording.update(state=ledger.SEALED, sealed_at=_at(self.at), size=self.size, sha256=self.sha256,
-                                   ).where((Recording.id == self.recording_id)
-                                           & (Recording.state == ledger.RECORDING)).execute()
-        if not changed:
-            rec = Recording.get_or_none(Recording.id == self.recording_id)
-            if rec is None or rec.state == ledger.DELETED:  # withdrawn while it was being sealed
-                vault.delete(self.recording_id)
+        if recordings.sealed(self.recording_id, size=self.size, sha256=self.sha256, at=_at(self.at)):
             return
-        ledger.append_audit("server", "recording.seal", "recording", self.recording_id, size=self.size,
-                            sha256=self.sha256)
-        holds.hold_flagged(self.recording_id)  # the agent flagged aggression during the call
+        rec = Recording.get_or_none(Recording.id == self.recording_id)
+        if rec is None or rec.state == ledger.DELETED:  # withdrawn while it was being sealed
+            recordings.remove_files(self.recording_id, vault, None)
 
 
 @dataclass(frozen=True)
@@ -211,8 +197,7 @@ class RecordingNotSealed(Fact):
     reason: str
 
     def apply(self, vault) -> None:
-        Recording.update(state=self.state, state_reason=self.reason).where(
-            (Recording.id == self.recording_id) & (Recording.state == ledger.RECORDING)).execute()
+        recordings.not_sealed(self.recording_id, self.state, self.reason)
 
 
 KINDS: dict[str, type[Fact]] = {cls.kind: cls for cls in (

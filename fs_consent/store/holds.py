@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from ..core.references import REFERENCE_RULE, is_reference
 from ..secure.spool import is_recording_id
-from . import ledger
+from . import audit_actions, ledger
 from .ledger import Call, CallFlag, LegalHold, Recording
 
 REASONS = ("aggression", "intimidation", "other")
@@ -151,7 +151,7 @@ def add(target: str, *, reason: str, case_ref: str, note: str | None, actor: str
                 raise HoldError(f"recording {rec.id} is already under {describe(same)}")
             hold = LegalHold.create(recording=rec.id, call=call.id, reason=reason, case_ref=case_ref,
                                     note=note or None, placed_at=now, placed_by=actor)
-            ledger.append_audit(actor, "hold.add", "recording", rec.id, hold=hold.id, reason=reason,
+            ledger.append_audit(actor, audit_actions.HOLD_ADD, "recording", rec.id, hold=hold.id, reason=reason,
                                 case_ref=case_ref, call=call.uuid)
             placed.append(hold)
     return placed
@@ -187,7 +187,7 @@ def release(target: str, *, actor: str, case_ref: str | None = None, note: str |
         for hold in holds:
             hold.released_at, hold.released_by, hold.release_note = now, actor, note or None
             hold.save()
-            ledger.append_audit(actor, "hold.release", "recording", hold.recording_id, hold=hold.id,
+            ledger.append_audit(actor, audit_actions.HOLD_RELEASE, "recording", hold.recording_id, hold=hold.id,
                                 case_ref=hold.case_ref, call=hold.call.uuid)
     return holds
 
@@ -215,7 +215,7 @@ def flag_call(call_id: int, call_uuid: str, kind: str, *, by: str, at: dt.dateti
               actor: str = "server") -> CallFlag:
     """Record an agent's flag; hold a recording of the call that is already sealed."""
     flag = CallFlag.create(call=call_id, kind=kind, at=at, by=by)
-    ledger.append_audit(actor, "call.flag", "call", call_uuid, kind=kind, by=by)
+    ledger.append_audit(actor, audit_actions.CALL_FLAG, "call", call_uuid, kind=kind, by=by)
     if kind in FLAG_KINDS:
         for rec in Recording.select().where((Recording.call == call_id) & (Recording.state == ledger.SEALED)):
             _hold_for_flag(rec, flag, actor)
@@ -237,6 +237,6 @@ def _hold_for_flag(rec: Recording, flag: CallFlag, actor: str) -> LegalHold | No
         return None
     hold = LegalHold.create(recording=rec.id, call=rec.call_id, flag=flag.id, reason=flag.kind, case_ref=None,
                             note=FLAG_NOTE, placed_at=ledger.utcnow(), placed_by=actor)
-    ledger.append_audit(actor, "hold.add", "recording", rec.id, hold=hold.id, reason=flag.kind, flag=flag.id,
-                        call=rec.call.uuid)
+    ledger.append_audit(actor, audit_actions.HOLD_ADD, "recording", rec.id, hold=hold.id, reason=flag.kind,
+                        flag=flag.id, call=rec.call.uuid)
     return hold

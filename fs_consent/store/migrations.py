@@ -43,12 +43,11 @@ from peewee import (
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as run_operations
 
-from . import ledger
+from . import audit_actions, ledger
 
 log = logging.getLogger(__name__)
 
 VERSION_KEY = "schema_version"
-MIGRATE_ACTION = "ledger.migrate"
 _PG_LOCK = 0x66735F636F6E73  # pg_advisory_xact_lock key of schema changes ("fs_cons")
 
 
@@ -229,7 +228,7 @@ def migrate(db, *, announce: Callable[[str], None] | None = None) -> list[int]:
                     continue
                 STEPS[version](db)
                 _write_version(db, version)
-                ledger.append_audit(ledger.os_user(), MIGRATE_ACTION, "schema", str(version),
+                ledger.append_audit(ledger.os_user(), audit_actions.LEDGER_MIGRATE, "schema", str(version),
                                     **{"from": version - 1, "to": version})
         except SchemaError:
             raise

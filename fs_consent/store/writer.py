@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ import gevent.queue
 from gevent.threadpool import ThreadPool
 from peewee import InterfaceError, OperationalError
 
+from ..secure.files import PRIVATE_MODE, check_private
 from . import ledger
 from .connection import close_database
 from .facts import Fact, from_json
@@ -67,11 +67,12 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
-        if mode & 0o077:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_MODE)
+        try:
+            check_private(path, fd=self._fd)
+        except PermissionError:
             os.close(self._fd)
-            raise PermissionError(f"{path} is readable by others (mode {mode:04o}); it must be 0600")
+            raise
         self.failing: OSError | None = None
         self._unwritten: list[tuple[int, Fact]] = []  # refused by the disk, not yet in the ledger
 

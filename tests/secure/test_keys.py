@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fs_consent.secure import keys
+from fs_consent.secure import files, keys
 from fs_consent.secure.keys import KeyFileError
 
 
@@ -102,7 +102,7 @@ def test_private_file_of_another_user_refused(tmp_path):
     os.chmod(path, 0o600)
     os.chown(path, 12345, -1)
     with pytest.raises(KeyFileError, match="owned by uid 12345"):
-        keys.check_private_file(path)
+        files.check_private(path, error=KeyFileError)
 
 
 @pytest.mark.parametrize("content, problem", [
