@@ -340,10 +340,6 @@ class Rec(Enum):
     DELETED = "deleted"
 
 
-#: the agent's flags that put the recording under legal hold once it is sealed (``holds.FLAG_KINDS``)
-HOLDING_FLAGS = (AGENT_FLAG_AGGRESSION,)
-
-
 class NotInTable(LookupError):
     """An event the transition table does not know in this phase: a programming error."""
 
@@ -480,21 +476,21 @@ class ConsentCall:
         self.rec = Rec.DELETED
         return out
 
-    def _withdraw(self, by: str) -> list:
+    def _withdraw(self, ev, by: str) -> list:
         """Consent withdrawn (or refused before it was given): recording stopped and deleted,
         nothing restarts, the call goes on."""
         if self.outcome not in (None, GRANTED):
-            return self._ignore(WithdrawRequested(by), f"nothing to withdraw: the call is {self.outcome}")
+            return self._ignore(ev, f"nothing to withdraw: the call is {self.outcome}")
         out = self._erase_recording("withdrawn") + self._decide(WITHDRAWN, by)
         if self.policy.confirmation_file and self.phase is Phase.IN_CALL:
             out.append(PlayToCaller(self.policy.confirmation_file))
         return out + self._continue()
 
-    def _recording_closed(self, discarded: bool, confirmed: bool = True) -> list:
+    def _recording_closed(self, ev, discarded: bool, confirmed: bool = True) -> list:
         if self.rec is Rec.DELETED:
             return [DeleteRecording(self.recording_id, "withdrawn")]  # a late write: delete again
         if not self.recording_open:
-            return self._ignore(RecordStopped(self.recording_id, discarded), f"the recording is {self.rec.value}")
+            return self._ignore(ev, f"the recording is {self.rec.value}")
         if discarded:
             self.rec = Rec.DISCARDED
             return [RecordingDiscarded(self.recording_id)]
@@ -584,16 +580,16 @@ class ConsentCall:
         self.digits = (self.digits + ev.digit)[-len(seq):]
         if self.digits == seq:
             self.digits = ""
-            return self._withdraw(BY_CALLER_KEYS)
+            return self._withdraw(ev, BY_CALLER_KEYS)
         return []
 
     def _agent_withdraw(self, ev: AgentWithdraw) -> list:
-        return self._withdraw(BY_AGENT_KEY)
+        return self._withdraw(ev, BY_AGENT_KEY)
 
     def _withdraw_requested(self, ev: WithdrawRequested) -> list:
         if ev.by == BY_CALLBACK and not self.consent_holds:
             return self._ignore(ev, "a callback withdraws only a consent that was given")
-        return self._withdraw(ev.by)
+        return self._withdraw(ev, ev.by)
 
     def _flag(self, ev: AgentFlag) -> list:
         """Recorded whatever the consent state: a refused or withdrawn call has no recording
@@ -618,7 +614,7 @@ class ConsentCall:
     def _record_stopped(self, ev: RecordStopped) -> list:
         if ev.recording_id != self.recording_id:
             return self._ignore(ev, "another recording's")
-        return self._recording_closed(ev.discarded)
+        return self._recording_closed(ev, ev.discarded)
 
     def _held(self, ev: Held) -> list:
         self.on_hold = True
@@ -637,7 +633,7 @@ class ConsentCall:
         if self.recording_open:
             # no RECORD_STOP will come (no linger, or the socket broke): FreeSWITCH closes
             # the file as the channel goes, which may be just after the socket closed
-            out += self._recording_closed(discarded=False, confirmed=False)
+            out += self._recording_closed(ev, discarded=False, confirmed=False)
         return out
 
     def _timer(self, ev: TimerFired) -> list:
