@@ -27,7 +27,7 @@ import gevent.event
 import gevent.pool
 from gevent.server import StreamServer
 
-from . import audit_actions, consent, facts, files, holds, keys, ledger, notify, recordings, spool
+from . import audit_actions, consent, facts, files, holds, keys, ledger, notify, objections, recordings, spool
 from .control import ControlServer
 from .driver import CallSession
 from .ledger import Call, ConsentEvent, Recording
@@ -44,6 +44,7 @@ CONTROL_LEDGER_WAIT_S = 1.0
 SPOOL_QUIET_S = 10.0  # unwritten this long: FreeSWITCH has closed it (it writes a running call every 2-4 s)
 SPOOL_SWEEP_S = 2.0
 GIL_SWITCH_S = 0.001  # a control request answers by then, whatever the ledger is doing
+OBJECTION_READ_TIMEOUT_S = 2.0  # no answer by then (a stuck database; a lock does not stop reads): not recorded
 
 
 def policy_from_config(config) -> consent.Policy:
@@ -63,7 +64,7 @@ def policy_from_config(config) -> consent.Policy:
 
 @dataclass
 class ServerContext:
-    """Everything a CallSession needs, built once at start-up."""
+    """Everything a CallSession needs, built once at start-up (``driver.CallServices``)."""
 
     config: object
     announce: object = print  # first-start messages (generated keys), shown once
@@ -98,6 +99,16 @@ class ServerContext:
         prompt = c.prompts[c.language]
         self.language, self.prompt_id, self.prompt_version = c.language, prompt["id"], prompt["version"]
         self.callback_window = dt.timedelta(seconds=c.callback_window)
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.config.server.handshake_timeout
+
+    now = staticmethod(ledger.utcnow)
+
+    def objection(self, caller_hash: str) -> bool:
+        """Whether the number objects: one indexed read in the writer's thread, bounded."""
+        return self.writer.read(lambda: objections.objects(caller_hash), OBJECTION_READ_TIMEOUT_S)
 
     def close(self) -> None:
         self.seals.join(timeout=self.config.server.drain_seconds)
@@ -157,10 +168,10 @@ class ServerContext:
         for rec in Recording.select().where(Recording.state == ledger.RECORDING):
             if rec.id in report.deferred or self._mark_sealed_if_stored(rec):
                 continue
-            if rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None:
-                recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
-            else:
+            if consent.recovery_keeps(rec.call.outcome, withdrawn=rec.call.withdrawn_at is not None):
                 recordings.not_sealed(rec.id, ledger.FAILED, "lost-in-crash")
+            else:
+                recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
         self._end_interrupted_calls()
         return report
 
@@ -199,7 +210,7 @@ class ServerContext:
                 if rec is not None and self._mark_sealed_if_stored(rec):
                     return "delete"  # sealed before the crash: the plaintext is a leftover
                 keep = (rec is not None and rec.state in (ledger.RECORDING, ledger.FAILED)
-                        and rec.call.outcome == consent.GRANTED and rec.call.withdrawn_at is None)
+                        and consent.recovery_keeps(rec.call.outcome, withdrawn=rec.call.withdrawn_at is not None))
                 return "seal" if keep else "delete"
             return db(read)
 
@@ -250,10 +261,10 @@ class ServerContext:
     # --- withdrawal ---------------------------------------------------------------
 
     def callback_withdrawal(self, caller_hash: str, refusing_call_uuid: str) -> None:
-        """A refusal withdraws consent for the same number's recent recorded calls."""
+        """A refusal withdraws consent for the same number's recent recorded calls (a live
+        call's machine withdraws only a consent that was given)."""
         for session in list(self.registry.values()):
-            if (session.facts.caller_hash == caller_hash and session.facts.uuid != refusing_call_uuid
-                    and session.machine.consent_holds):
+            if session.facts.caller_hash == caller_hash and session.facts.uuid != refusing_call_uuid:
                 session.withdraw(consent.BY_CALLBACK)
 
         live = {session.facts.uuid for session in self.registry.values()}
