@@ -88,7 +88,7 @@ class Protector(Protocol):
 
 
 class Ciphertexts(Protocol):
-    def delete(self, recording_id: str) -> None: ...
+    def delete(self, recording_id: str, *, sync: bool = True, tmp: bool = True) -> bool: ...
 
 
 class CallServices(Protocol):

@@ -38,8 +38,9 @@ class FakeVault:
     def __init__(self):
         self.deleted: list[str] = []
 
-    def delete(self, recording_id: str) -> None:
+    def delete(self, recording_id: str, *, sync: bool = True, tmp: bool = True) -> bool:
         self.deleted.append(recording_id)
+        return True
 
 
 @dataclass
