@@ -197,12 +197,20 @@ class CallSession:
     _lingering: bool = False
     _exit_sent: bool = False
     _closed: bool = False
+    _out: list | None = None  # while the machine's commands run: their bytes, for one write
 
     # --- socket ---------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        if not self._closed:
+        if self._out is not None:
+            self._out.append(data)
+        elif not self._closed:
             self.sock.sendall(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        if out and not self._closed:
+            self.sock.sendall(b"".join(out))
 
     def _receive(self) -> list:
         """What the next bytes from the socket complete (possibly nothing)."""
@@ -404,6 +412,9 @@ class CallSession:
         if self.machine is None:
             return
         with self._lock:
+            outermost = self._out is None
+            if outermost:
+                self._out = []  # what the commands send goes out in one write, in order
             try:
                 commands = self.machine.handle(event)
                 for command in commands:
@@ -415,6 +426,17 @@ class CallSession:
                 log.error("call %s: %s while handling %s; failing closed",
                           self.facts.uuid, type(exc).__name__, type(event).__name__)
                 self._feed(consent.Failed(type(exc).__name__))
+            finally:
+                if outermost:
+                    try:
+                        self._flush()
+                    except OSError as exc:  # as a failed send inside the commands was
+                        if isinstance(event, consent.Failed):
+                            log.error("call %s: failure handling failed (%s)", self.facts.uuid, type(exc).__name__)
+                        else:
+                            log.error("call %s: %s while handling %s; failing closed",
+                                      self.facts.uuid, type(exc).__name__, type(event).__name__)
+                            self._feed(consent.Failed(type(exc).__name__))
 
     def shutdown(self, wait: float = 2.0) -> None:
         """Server stopping with this call still live: close the recording, seal it, let go.

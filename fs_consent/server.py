@@ -34,7 +34,7 @@ from .ledger import Call, ConsentEvent, Recording
 from .ledger_writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
 from .protect import FieldProtector
 from .vault import Vault, VaultError, why
-from .withdrawal import recent_recorded_calls, withdraw_ended_call
+from .withdrawal import any_recent_recorded_call, recent_recorded_calls, withdraw_ended_call
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,8 @@ class ServerContext:
         live = {session.facts.uuid for session in self.registry.values()}
 
         def write():
+            if not any_recent_recorded_call(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
+                return  # the number has no recorded call in the window: nothing to withdraw or audit
             for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
                 if call.uuid not in live:
                     withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",
