@@ -5,8 +5,10 @@ Prints, for fs-consent and for a bare greenswitch app doing the same call flow
 without consent bookkeeping (the peer), measured in the same run:
 calls/s, errors, handshake drops (calls the server let go before the prompt), peak
 RSS of the server process (with its seal workers), p50/p99 from the caller's digit
-or timeout to the record_session command (decision), and from the connection to the
-prompt's command (prompt start). For fs-consent also p50/p99 from a withdrawal
+or timeout to the record_session command arriving (decision: the emulator's read that
+completed the command; "handled" gives the p99 up to when the emulator had handled what
+came in front of it in that read, e.g. fs-consent's uuid_setvar commands, and got to it),
+and from the connection to the prompt's command arriving (prompt start). For fs-consent also p50/p99 from a withdrawal
 (control socket) to the plaintext gone, and the ledger lag: from the caller's
 hang-up to the call's outcome and end being in the ledger (read by a poller).
 
@@ -46,7 +48,7 @@ from fs_consent.emulator import CallerScript, FreeSwitchEmulator, WireChaos
 from fs_consent.emulator.scenarios import percentile
 from fs_consent.runtime.control import request
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 PEER_APP = textwrap.dedent('''
     """A bare greenswitch outbound app: the same call flow, no consent bookkeeping."""
@@ -147,6 +149,7 @@ class Run:
     errors: list = field(default_factory=list)
     drops: int = 0  # handshake drops: the call never reached the prompt
     decisions: list = field(default_factory=list)
+    decisions_handled: list = field(default_factory=list)  # up to when the emulator handled the command
     prompt_starts: list = field(default_factory=list)
     prompt_starts_locked: list = field(default_factory=list)  # calls that arrived while the ledger was locked
     withdrawals: list = field(default_factory=list)
@@ -245,6 +248,7 @@ def drive(port: int, spool: Path, run: Run, *, calls: int, rate: float, talk: fl
                 run.prompt_starts_locked.append(result.prompt_latency)
         if result.decision_latency is not None:
             run.decisions.append(result.decision_latency)
+            run.decisions_handled.append(result.decision_handled_latency)
         if result.hung_up_at is not None:
             run.hung_up[call_uuid] = result.hung_up_at
         if watcher is not None:
@@ -359,11 +363,12 @@ def main() -> None:
           f"{args.withdraw_every}th is withdrawn mid-call; wire {chaos.describe()}"
           f"{f'; ledger locked {args.lock_ledger:g} s a third into the run' if args.lock_ledger else ''}")
     print(f"{'server':17} {'calls/s':>7} {'live':>5} {'err':>4} {'drops':>5} {'RSS MB':>7} {'dec p50':>7} "
-          f"{'dec p99':>7} {'prompt p50':>10} {'prompt p99':>10} {'wd p50':>6} {'wd p99':>6} {'lag p50':>7} "
+          f"{'dec p99':>7} {'handled':>7} {'prompt p50':>10} {'prompt p99':>10} {'wd p50':>6} {'wd p99':>6} {'lag p50':>7} "
           f"{'lag p99':>7} {'unledgered':>10} {'spool':>5}")
     for r in runs:
         print(f"{r.name:17} {args.calls / r.wall:7.1f} {r.peak_live:5d} {len(r.errors):4d} {r.drops:5d} "
               f"{r.peak_rss / 2**20:7.1f} {fmt_ms(r.decisions, 50):>7} {fmt_ms(r.decisions, 99):>7} "
+              f"{fmt_ms(r.decisions_handled, 99):>7} "
               f"{fmt_ms(r.prompt_starts, 50):>10} {fmt_ms(r.prompt_starts, 99):>10} {fmt_ms(r.withdrawals, 50):>6} "
               f"{fmt_ms(r.withdrawals, 99):>6} {fmt_ms(r.ledger_lag, 50):>7} {fmt_ms(r.ledger_lag, 99):>7} "
               f"{r.missing_in_ledger if r.name == 'fs-consent' else '-':>10} {r.leftovers:5d}")
@@ -378,8 +383,9 @@ def main() -> None:
         print(f"ratio fs-consent / greenswitch: calls/s {peer.wall / ours.wall:.2f}, decision p99 "
               f"{percentile(ours.decisions, 99) / percentile(peer.decisions, 99):.2f}, prompt start p99 "
               f"{percentile(ours.prompt_starts, 99) / percentile(peer.prompt_starts, 99):.2f}")
-    print("ms throughout. dec = caller's digit or timeout -> record_session command; prompt = connection -> the "
-          "prompt's command; wd = withdrawal request -> plaintext gone (the control socket answers after the "
+    print("ms throughout. dec = caller's digit or timeout -> record_session command arriving (the emulator's read "
+          "that completed it); handled = dec p99 up to when the emulator handled it (after what came in front of "
+          "it in that read); prompt = connection -> the prompt's command arriving; wd = withdrawal request -> plaintext gone (the control socket answers after the "
           "unlink); lag = caller's hang-up -> outcome and end in the ledger (polled every 0.1 s); drops = calls "
           "let go before the prompt; unledgered = hung-up calls whose outcome never reached the ledger")
 

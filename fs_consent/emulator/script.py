@@ -89,8 +89,13 @@ class CallResult:
     hangup_cause: str | None = None
     exited: bool = False
     errors: list[str] = field(default_factory=list)
+    #: from the end of the consent prompt (the caller's digit or timeout) to the arrival of the
+    #: record_session command: the read that completed it, not when the emulator got round to
+    #: handling it (commands in front of it in the same read, and their replies, come first)
     decision_latency: float | None = None
-    #: from the connection to the consent prompt's command (None: the prompt never came)
+    #: the same, up to when the emulator handled the command
+    decision_handled_latency: float | None = None
+    #: from the connection to the arrival of the consent prompt's command (None: it never came)
     prompt_latency: float | None = None
     #: wall clock (time.time()) of CHANNEL_HANGUP, for the ledger lag
     hung_up_at: float | None = None

@@ -148,6 +148,7 @@ class CallSession:
         self._meta: dict[str, _MetaBinding] = {}
         self._pagd_runs = 0
         self._last_decision: float | None = None
+        self._received_at = 0.0  # time.monotonic() of the last read from the app
         self._pending: list[bytes] = []  # frames held back to share a write
         self._runner: gevent.Greenlet | None = None
         self._idle = False  # the runner waits for a message
@@ -300,6 +301,7 @@ class CallSession:
                     data = b""
                 if not data:
                     break
+                self._received_at = time.monotonic()  # when the commands this completes arrived
                 try:
                     commands = self._parser.feed(data)
                 except esl.ProtocolError as exc:
@@ -424,10 +426,11 @@ class CallSession:
             if event_uuid is None:
                 self.result.errors.append(f"sendmsg execute '{app}' without Event-UUID")
             if app == "play_and_get_digits" and self.result.prompt_latency is None:
-                self.result.prompt_latency = time.monotonic() - self._started
+                self.result.prompt_latency = self._received_at - self._started
             if app == "record_session" and self._last_decision is not None:
                 if self.result.decision_latency is None:
-                    self.result.decision_latency = time.monotonic() - self._last_decision
+                    self.result.decision_latency = self._received_at - self._last_decision
+                    self.result.decision_handled_latency = time.monotonic() - self._last_decision
             message = _Message(app, arg, event_uuid or str(uuidlib.uuid4()))
             if self._idle and not self._queue and not self._hung.is_set():
                 message.early = self._wire.execute_first(app)

@@ -85,11 +85,14 @@ class WavRecording:
             self._masked = masked
 
     def close(self, now: float) -> None:
-        """Write the rest and fix the header; the file is complete on return."""
+        """Write the rest and fix the header; the file is complete on return.
+
+        No fsync, as FreeSWITCH's own close does none: what is written is in the page cache,
+        which every process reads. (An fsync here ran on the emulator's event loop, so every
+        call the emulator carried waited for the disk, and for the app's own fsyncs.)"""
         self._write_until(now)
         self._file.seek(0)
         self._file.write(_header(self.channels, self.frames * 2 * self.channels))
-        os.fsync(self._file.fileno())
         self.size = os.fstat(self._file.fileno()).st_size
         self._file.close()
 

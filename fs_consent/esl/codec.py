@@ -45,6 +45,13 @@ _UPPER_HEX = frozenset("0123456789ABCDEF")
 _NOTHING_TO_ENCODE = re.compile(
     "[%s]*" % re.escape("".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in _URL_UNSAFE))
 )
+#: url_encode's table for ASCII without ``%``: controls, DEL and the unsafe characters as ``%XX``.
+_ASCII_ENCODED = {c: f"%{c:02X}" for c in range(0x80) if c < 0x20 or c == 0x7F or chr(c) in _URL_UNSAFE}
+#: What url_encode replaces, one character at a time: a ``%`` not followed by two upper-case
+#: hex digits, the other unsafe characters, controls, DEL and every non-ASCII character.
+_TO_ENCODE = re.compile(
+    "%%(?![0-9A-F]{2})|[%s\x00-\x1f\x7f-\U0010ffff]" % re.escape("".join(sorted(_URL_UNSAFE - {"%"})))
+)
 
 
 class ProtocolError(ValueError):
@@ -333,22 +340,13 @@ def url_encode(value: str) -> str:
     """
     if _NOTHING_TO_ENCODE.fullmatch(value):
         return value
-    raw = value.encode("utf-8")
-    out = []
-    for i, byte in enumerate(raw):
-        char = chr(byte)
-        if (
-            char == "%"
-            and len(raw) - i > 2
-            and chr(raw[i + 1]) in _UPPER_HEX
-            and chr(raw[i + 2]) in _UPPER_HEX
-        ):
-            out.append(char)
-        elif byte < 0x20 or byte > 0x7E or char in _URL_UNSAFE:
-            out.append(f"%{byte:02X}")
-        else:
-            out.append(char)
-    return "".join(out)
+    if "%" not in value and value.isascii():
+        return value.translate(_ASCII_ENCODED)  # the usual case (dates, names, paths), in C
+    return _TO_ENCODE.sub(_percent, value)
+
+
+def _percent(match: re.Match) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
 
 
 def _single_line(text: str, what: str) -> str:

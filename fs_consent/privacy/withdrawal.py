@@ -37,6 +37,18 @@ def withdraw_ended_call(call: Call, *, by: str, actor: str, spool_dir: Path, vau
     return deleted
 
 
+_ANY_RECENT = ("SELECT 1 FROM call c JOIN recording r ON r.call_id = c.id WHERE c.caller_hash = ? AND c.uuid != ? "
+               "AND c.outcome = ? AND c.started_at >= ? AND r.state != ? LIMIT 1")
+
+
+def any_recent_recorded_call(caller_hash: str, window: dt.timedelta, *, exclude_uuid: str) -> bool:
+    """Whether :func:`recent_recorded_calls` can find anything (held or not): one indexed
+    read, for the refusal of a number that has no such call (nearly every refusal)."""
+    since = ledger.utcnow() - window
+    return ledger.sql(_ANY_RECENT, (caller_hash, exclude_uuid, consent.GRANTED, since,
+                                    ledger.DELETED)).fetchone() is not None
+
+
 def recent_recorded_calls(caller_hash: str, window: dt.timedelta, *, exclude_uuid: str,
                           held: bool = False) -> list[Call]:
     """This number's ended, granted calls within the window that still have a recording.

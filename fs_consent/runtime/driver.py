@@ -5,10 +5,16 @@ frames with ``esl.FrameParser``, turns them into ``consent`` events, and perform
 the machine's commands: ESL writes, ledger writes (through the write-behind
 queue), spool and vault operations.
 
+It reaches the rest of the server only through ``CallServices`` (the ledger writes, the
+vault, seals, the live-call registry, the clock): ``server.ServerContext`` is the real
+one, ``tests/fakes.py`` a fake. Commands are dispatched by type (``_perform``); a
+command type without a case there is a programming error, logged as one, never a
+``Failed`` that would delete the call's recording.
+
 Fail open for the call, fail closed for the recording: any exception while
 handling an event becomes ``consent.Failed``, which stops and deletes the
 recording and still sends the caller on into the menu. The same goes for the
-objection look-up at the start of a call (``objections.objects``): when the ledger
+objection look-up at the start of a call (``CallServices.objection``): when the ledger
 cannot say whether the number objects, the call is not recorded (outcome ``error``,
 note ``objection-unknown``) and goes straight on into the menu.
 """
@@ -21,6 +27,7 @@ import logging
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import gevent
 import gevent.event
@@ -47,11 +54,10 @@ from ..core.consent import (
 )
 from ..core.logs import fields
 from ..esl.session import ChannelEvent, Closed, Completed, Connected, Lingering, OutboundSession, Reply
-from ..privacy import objections
 from ..secure.protect import normalise_phone
 from ..secure.spool import recording_path
 from ..store import facts as ledger_facts
-from ..store import ledger, recordings
+from ..store import recordings
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +65,56 @@ READ_SIZE = 65536
 UNCONFIRMED_SEAL_DELAY_S = 1.0  # no RECORD_STOP seen: give FreeSWITCH time to close the file
 EXIT_GRACE_S = 5.0  # after 'exit', FreeSWITCH closes at once; do not wait longer than this
 TIMEOUT_TOLERANCE_MS = 100  # FreeSWITCH's timers run on 20 ms frames: a timeout is never this short
-OBJECTION_READ_TIMEOUT_S = 2.0  # no answer by then (a stuck database; a lock does not stop reads): not recorded, the prompt starts
 
 
 class SessionGone(Exception):
     """The socket closed."""
+
+
+class LedgerWrites(Protocol):
+    """The server's ledger writer (``ledger_writer.LedgerWriter``), as a call uses it."""
+
+    @property
+    def healthy(self) -> bool: ...  # False: new calls go on unrecorded
+
+    @property
+    def unhealthy_reason(self) -> str: ...
+
+    def record(self, fact: ledger_facts.Fact) -> None: ...  # queued in order, never blocks the call
+
+
+class Protector(Protocol):
+    def lookup_hash(self, kind: str, value: str) -> str: ...
+
+    def seal(self, kind: str, value: str) -> bytes: ...
+
+
+class Ciphertexts(Protocol):
+    def delete(self, recording_id: str, *, sync: bool = True, tmp: bool = True) -> bool: ...
+
+
+class CallServices(Protocol):
+    """Everything a CallSession uses of the server, built once at start-up."""
+
+    policy: consent.Policy
+    spool_dir: Path
+    handshake_timeout: float
+    vault_ready: bool  # a recipient to seal to
+    language: str
+    prompt_id: str
+    prompt_version: str
+    registry: dict  # live calls: instance -> CallSession
+    writer: LedgerWrites
+    protector: Protector
+    vault: Ciphertexts
+
+    def now(self) -> dt.datetime: ...
+
+    def objection(self, caller_hash: str) -> bool: ...  # raises when the ledger cannot say
+
+    def seal_later(self, recording_id: str, withdrawn: set, *, delay: float = 0.0) -> None: ...
+
+    def callback_withdrawal(self, caller_hash: str, refusing_call_uuid: str) -> None: ...
 
 
 def prompt_answer(tag: str, completion: esl.Event, *, timeout_ms: int,
@@ -132,7 +183,7 @@ class CallSession:
     """
 
     sock: object
-    ctx: object  # server.ServerContext
+    ctx: CallServices
     facts: CallFacts | None = None
     machine: consent.ConsentCall | None = None
     _wire: OutboundSession = field(default_factory=OutboundSession)
@@ -140,8 +191,7 @@ class CallSession:
     _prompts: set = field(default_factory=set)  # tags of the executes that are the consent prompt
     _tokens: itertools.count = field(default_factory=itertools.count)
     _timers: dict = field(default_factory=dict)
-    _deleted: set = field(default_factory=set)  # recording ids withdrawn in this call
-    _sealed: set = field(default_factory=set)  # recording ids sent to be sealed
+    _deleted: set = field(default_factory=set)  # recording ids withdrawn in this call (a seal in flight checks it)
     _backlog: list = field(default_factory=list)  # what the wire yielded before the machine ran
     _prompt_played_at: int | None = None  # FreeSWITCH's clock (us) when the running prompt's audio ended
     _lock: gevent.lock.RLock = field(default_factory=gevent.lock.RLock)
@@ -149,12 +199,20 @@ class CallSession:
     _lingering: bool = False
     _exit_sent: bool = False
     _closed: bool = False
+    _out: list | None = None  # while the machine's commands run: their bytes, for one write
 
     # --- socket ---------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        if not self._closed:
+        if self._out is not None:
+            self._out.append(data)
+        elif not self._closed:
             self.sock.sendall(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        if out and not self._closed:
+            self.sock.sendall(b"".join(out))
 
     def _receive(self) -> list:
         """What the next bytes from the socket complete (possibly nothing)."""
@@ -192,9 +250,7 @@ class CallSession:
         self.ctx.registry[self.facts.instance] = self
         try:
             self._feed(consent.CallStarted(can_record=self.facts.recording_note is None,
-                                           objection=self.facts.objection is True))
-            if self.facts.objection is None:
-                self._feed(consent.Failed("objection-unknown"))
+                                           objection=self.facts.objection))
             backlog, self._backlog = self._backlog, []
             for item in backlog:
                 self._dispatch(item)
@@ -212,9 +268,9 @@ class CallSession:
             self.ctx.registry.pop(self.facts.instance, None)
 
     def _handshake(self) -> None:
-        timeout = self.ctx.config.server.handshake_timeout
+        timeout = self.ctx.handshake_timeout
         connected = self._request(self._wire.send_connect, timeout)
-        self.facts = CallFacts(uuid=connected.channel_uuid, started_at=ledger.utcnow())
+        self.facts = CallFacts(uuid=connected.channel_uuid, started_at=self.ctx.now())
         self._protect_caller(connected.headers.get("Caller-Caller-ID-Number", ""))
         for line in ("myevents", "linger", "event plain RECORD_START RECORD_STOP CHANNEL_HOLD CHANNEL_UNHOLD PLAYBACK_STOP"):
             reply = self._request(lambda token, line=line: self._wire.send_command(line, token), timeout)
@@ -223,14 +279,9 @@ class CallSession:
         self.machine = consent.ConsentCall(policy=self.ctx.policy, recording_id=uuidlib.uuid4().hex)
         self.facts.objection = self._objection()
         facts, policy, ctx = self.facts, self.ctx.policy, self.ctx
-        # why the call is not recorded whatever the caller says (None: it may be)
-        if facts.objection is None:
-            facts.recording_note = "objection-unknown"
-        elif not ctx.vault_ready:
-            facts.recording_note = "no-recipient"
-        elif not ctx.writer.healthy:
-            # the consent facts could not be proven now: fail closed for the recording
-            facts.recording_note = "ledger-unavailable"
+        facts.recording_note = consent.recording_note(objection=facts.objection, can_seal=ctx.vault_ready,
+                                                      ledger_healthy=ctx.writer.healthy)
+        if facts.recording_note == "ledger-unavailable":
             log.error("call %s: %s: the call goes on unrecorded", facts.uuid, ctx.writer.unhealthy_reason)
         ctx.writer.record(ledger_facts.CallOpened(
             instance=facts.instance, uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
@@ -244,7 +295,7 @@ class CallSession:
         ``connect`` makes it return at once.
         """
         try:
-            self._request(self._wire.send_connect, self.ctx.config.server.handshake_timeout)
+            self._request(self._wire.send_connect, self.ctx.handshake_timeout)
             self.sock.sendall(self._wire.send_exit())
         except (SessionGone, esl.ProtocolError, OSError):
             pass
@@ -262,15 +313,14 @@ class CallSession:
     def _objection(self) -> bool | None:
         """Whether the caller's number objects to recording; None if the ledger could not say.
 
-        One indexed read, off the hub with a short bound (it must be known before the first
-        command; a locked ledger must not delay the prompt). An anonymous caller has no
-        number to object with.
+        One indexed read, off the hub with a short bound (``CallServices.objection``: it must
+        be known before the first command; a locked ledger must not delay the prompt). An
+        anonymous caller has no number to object with.
         """
         if not self.facts.caller_hash:
             return False
-        caller_hash = self.facts.caller_hash
         try:
-            return self.ctx.writer.read(lambda: objections.objects(caller_hash), OBJECTION_READ_TIMEOUT_S)
+            return self.ctx.objection(self.facts.caller_hash)
         except Exception as exc:  # noqa: BLE001 - fail closed for the recording, open for the call
             log.error("call %s: objection look-up failed (%s): the call is not recorded",
                       self.facts.uuid, type(exc).__name__)
@@ -339,10 +389,10 @@ class CallSession:
             if ev.get("Playback-File-Path") != consent.PROMPT_INVALID_FILE:
                 self._prompt_played_at = _timestamp(ev)
         elif name == "CHANNEL_ANSWER":
-            self.facts.answered_at = ledger.utcnow()
+            self.facts.answered_at = self.ctx.now()
         elif name == "CHANNEL_BRIDGE":
             if self.facts.bridged_at is None:
-                self.facts.bridged_at = ledger.utcnow()
+                self.facts.bridged_at = self.ctx.now()
         elif name == "CHANNEL_HOLD":
             self._feed(consent.Held())
         elif name == "CHANNEL_UNHOLD":
@@ -364,6 +414,9 @@ class CallSession:
         if self.machine is None:
             return
         with self._lock:
+            outermost = self._out is None
+            if outermost:
+                self._out = []  # what the commands send goes out in one write, in order
             try:
                 commands = self.machine.handle(event)
                 for command in commands:
@@ -375,6 +428,17 @@ class CallSession:
                 log.error("call %s: %s while handling %s; failing closed",
                           self.facts.uuid, type(exc).__name__, type(event).__name__)
                 self._feed(consent.Failed(type(exc).__name__))
+            finally:
+                if outermost:
+                    try:
+                        self._flush()
+                    except OSError as exc:  # as a failed send inside the commands was
+                        if isinstance(event, consent.Failed):
+                            log.error("call %s: failure handling failed (%s)", self.facts.uuid, type(exc).__name__)
+                        else:
+                            log.error("call %s: %s while handling %s; failing closed",
+                                      self.facts.uuid, type(exc).__name__, type(event).__name__)
+                            self._feed(consent.Failed(type(exc).__name__))
 
     def shutdown(self, wait: float = 2.0) -> None:
         """Server stopping with this call still live: close the recording, seal it, let go.
@@ -382,7 +446,7 @@ class CallSession:
         FreeSWITCH closes the file before it answers ``uuid_record stop``, so once the
         reply is in, what was recorded with consent can be sealed.
         """
-        if self.machine is not None and self.machine.rec in (consent.Rec.STARTING, consent.Rec.ACTIVE):
+        if self.machine is not None and self.machine.recording_open:
             stopped = gevent.event.Event()
             path = self._path(self.machine.recording_id)
             with self._lock:
@@ -397,8 +461,54 @@ class CallSession:
         return self.machine.outcome or ""
 
     def _perform(self, command) -> None:
-        handler = getattr(self, "_do_" + type(command).__name__)
-        handler(command)
+        """Carry out one command of the machine's, by its type."""
+        match command:
+            case Execute():
+                self._execute(command)
+            case SetVariable(name=name, value=value):
+                self._api(f"uuid_setvar {self.facts.uuid} {name} {value}")
+            case StartRecording(recording_id=rid, tag=tag):
+                self._execute(Execute("record_session", str(self._path(rid)), tag, consent.RECORD))
+                self.ctx.writer.record(ledger_facts.RecordingStarted(self.facts.instance, rid, self.ctx.now()))
+            case StopRecording(recording_id=rid):
+                path = self._path(rid)
+                # the reply comes after FreeSWITCH closed the file: unlink again then if withdrawn
+                self._api(f"uuid_record {self.facts.uuid} stop {path}",
+                          lambda _msg: path.unlink(missing_ok=True) if rid in self._deleted else None)
+            case MaskRecording(recording_id=rid, masked=masked):
+                self._api(f"uuid_record {self.facts.uuid} {'mask' if masked else 'unmask'} {self._path(rid)}")
+            case DeleteRecording():
+                self._delete(command)
+            case SealRecording(recording_id=rid, confirmed=confirmed):
+                self.ctx.seal_later(rid, self._deleted, delay=0.0 if confirmed else UNCONFIRMED_SEAL_DELAY_S)
+            case RecordingDiscarded(recording_id=rid):
+                self._path(rid).unlink(missing_ok=True)
+                self.ctx.writer.record(ledger_facts.RecordingDiscarded(rid))
+            case PlayToCaller(file=file):
+                self._api(f"uuid_broadcast {self.facts.uuid} {file} aleg")
+            case Decide(outcome=outcome, by=by):
+                facts = self.facts
+                self.ctx.writer.record(ledger_facts.ConsentDecided(facts.instance, facts.uuid, command.kind, outcome,
+                                                                   by, self.ctx.now()))
+                log.debug("consent %s", command.kind, extra=fields(call=facts.uuid, outcome=outcome, by=by))
+            case FlagCall(kind=kind, by=by):
+                self.ctx.writer.record(ledger_facts.CallFlagged(self.facts.instance, self.facts.uuid, kind, by,
+                                                                self.ctx.now()))
+            case WithdrawEarlierCalls():
+                if self.facts.caller_hash:
+                    gevent.spawn(self.ctx.callback_withdrawal, self.facts.caller_hash, self.facts.uuid)
+            case StartTimer(name=name, seconds=seconds):
+                self._timers[name] = gevent.spawn_later(seconds, self._feed, consent.TimerFired(name))
+            case CancelTimer(name=name):
+                timer = self._timers.pop(name, None)
+                if timer is not None:
+                    timer.kill(block=False)
+            case Finish():
+                self._finish()
+            case _:
+                # a programming error (tests/runtime/test_driver.py checks every command type has a case):
+                # said loudly, and not turned into a Failed that would delete the call's recording
+                log.critical("call %s: the driver has no case for %s", self.facts.uuid, type(command).__name__)
 
     def _path(self, recording_id: str) -> Path:
         return recording_path(self.ctx.spool_dir, recording_id)
@@ -411,15 +521,15 @@ class CallSession:
             self._on_reply[token] = on_reply
         self._send(self._wire.send_api(command, token))
 
-    def _do_Execute(self, cmd: Execute) -> None:
+    def _execute(self, cmd: Execute) -> None:
         if self._closed or self._exit_sent:
             return
-        if cmd.prompt:
+        if cmd.purpose == consent.PROMPT:
             self._prompts.add(cmd.tag)
         self._on_reply[cmd.tag] = self._execute_refused
         self._send(self._wire.send_execute(cmd.app, cmd.arg, cmd.tag))
-        if cmd.tag.startswith("menu"):
-            self.facts.menu_at = ledger.utcnow()
+        if cmd.purpose == consent.MENU:
+            self.facts.menu_at = self.ctx.now()
 
     def _execute_refused(self, reply: Reply) -> None:
         """A sendmsg answered -ERR runs nothing and never completes: fail closed, go on."""
@@ -427,69 +537,18 @@ class CallSession:
             log.warning("call %s: FreeSWITCH refused an execute (%s)", self.facts.uuid, reply.text.strip()[:60])
             self._feed(consent.Failed("execute-refused"))
 
-    def _do_SetVariable(self, cmd: SetVariable) -> None:
-        self._api(f"uuid_setvar {self.facts.uuid} {cmd.name} {cmd.value}")
-
-    def _do_StartRecording(self, cmd: StartRecording) -> None:
-        self._do_Execute(Execute("record_session", str(self._path(cmd.recording_id)), cmd.tag))
-        self.ctx.writer.record(ledger_facts.RecordingStarted(self.facts.instance, cmd.recording_id, ledger.utcnow()))
-
-    def _do_StopRecording(self, cmd: StopRecording) -> None:
-        path = self._path(cmd.recording_id)
-        # the reply comes after FreeSWITCH closed the file: unlink again then if withdrawn
-        self._api(f"uuid_record {self.facts.uuid} stop {path}",
-                  lambda _msg: path.unlink(missing_ok=True) if cmd.recording_id in self._deleted else None)
-
-    def _do_MaskRecording(self, cmd: MaskRecording) -> None:
-        verb = "mask" if cmd.masked else "unmask"
-        self._api(f"uuid_record {self.facts.uuid} {verb} {self._path(cmd.recording_id)}")
-
-    def _do_DeleteRecording(self, cmd: DeleteRecording) -> None:
+    def _delete(self, cmd: DeleteRecording) -> None:
+        """The files first (unless sealed: then the ledger decides, in order, as it knows the
+        holds), then the ledger's part."""
         rid = cmd.recording_id
         self._deleted.add(rid)
-        sealed = rid in self._sealed  # then it may be under a legal hold: the ledger decides, in order
-        if not sealed:
+        if not cmd.sealed:
             recordings.remove_files(rid, self.ctx.vault, self.ctx.spool_dir)
-        self.ctx.writer.record(ledger_facts.RecordingDeleted(rid, cmd.reason, ledger.utcnow(), sealed=sealed))
+        self.ctx.writer.record(ledger_facts.RecordingDeleted(rid, cmd.reason, self.ctx.now(), sealed=cmd.sealed))
 
-    def _do_FlagCall(self, cmd: FlagCall) -> None:
-        self.ctx.writer.record(ledger_facts.CallFlagged(self.facts.instance, self.facts.uuid, cmd.kind, cmd.by,
-                                                        ledger.utcnow()))
-
-    def _do_SealRecording(self, cmd: SealRecording) -> None:
-        self._sealed.add(cmd.recording_id)
-        self.ctx.seal_later(cmd.recording_id, self._deleted, delay=0.0 if cmd.confirmed else UNCONFIRMED_SEAL_DELAY_S)
-
-    def _do_RecordingDiscarded(self, cmd: RecordingDiscarded) -> None:
-        self._path(cmd.recording_id).unlink(missing_ok=True)
-        self.ctx.writer.record(ledger_facts.RecordingDiscarded(cmd.recording_id))
-
-    def _do_PlayToCaller(self, cmd: PlayToCaller) -> None:
-        self._api(f"uuid_broadcast {self.facts.uuid} {cmd.file} aleg")
-
-    def _do_Decide(self, cmd: Decide) -> None:
-        facts = self.facts
-        withdrawal = cmd.outcome == consent.WITHDRAWN and self.machine.withdrawn
-        kind = "withdrawal" if withdrawal else "decision"
-        self.ctx.writer.record(ledger_facts.ConsentDecided(facts.instance, facts.uuid, kind, cmd.outcome, cmd.by,
-                                                           ledger.utcnow()))
-        log.debug("consent %s", kind, extra=fields(call=facts.uuid, outcome=cmd.outcome, by=cmd.by))
-
-    def _do_WithdrawEarlierCalls(self, cmd: WithdrawEarlierCalls) -> None:
-        if self.facts.caller_hash:
-            gevent.spawn(self.ctx.callback_withdrawal, self.facts.caller_hash, self.facts.uuid)
-
-    def _do_StartTimer(self, cmd: StartTimer) -> None:
-        self._timers[cmd.name] = gevent.spawn_later(cmd.seconds, self._feed, consent.TimerFired(cmd.name))
-
-    def _do_CancelTimer(self, cmd: CancelTimer) -> None:
-        timer = self._timers.pop(cmd.name, None)
-        if timer is not None:
-            timer.kill(block=False)
-
-    def _do_Finish(self, cmd: Finish) -> None:
+    def _finish(self) -> None:
         self._finished = True
-        facts, now = self.facts, ledger.utcnow()
+        facts, now = self.facts, self.ctx.now()
         since = facts.answered_at or facts.started_at
         # wachttijd: from entering the menu to reaching staff (the consent prompt is not waiting)
         wait = (facts.bridged_at - facts.menu_at).total_seconds() if facts.bridged_at and facts.menu_at else None

@@ -28,7 +28,8 @@ import gevent.pool
 from gevent.server import StreamServer
 
 from ..core import consent
-from ..privacy.withdrawal import recent_recorded_calls, withdraw_ended_call
+from ..privacy import objections
+from ..privacy.withdrawal import any_recent_recorded_call, recent_recorded_calls, withdraw_ended_call
 from ..secure import files, keys, spool
 from ..secure.protect import FieldProtector
 from ..secure.vault import Vault, VaultError, why
@@ -48,6 +49,7 @@ CONTROL_LEDGER_WAIT_S = 1.0
 SPOOL_QUIET_S = 10.0  # unwritten this long: FreeSWITCH has closed it (it writes a running call every 2-4 s)
 SPOOL_SWEEP_S = 2.0
 GIL_SWITCH_S = 0.001  # a control request answers by then, whatever the ledger is doing
+OBJECTION_READ_TIMEOUT_S = 2.0  # no answer by then (a stuck database; a lock does not stop reads): not recorded
 
 
 def policy_from_config(config) -> consent.Policy:
@@ -67,7 +69,7 @@ def policy_from_config(config) -> consent.Policy:
 
 @dataclass
 class ServerContext:
-    """Everything a CallSession needs, built once at start-up."""
+    """Everything a CallSession needs, built once at start-up (``driver.CallServices``)."""
 
     config: object
     announce: object = print  # first-start messages (generated keys), shown once
@@ -102,6 +104,16 @@ class ServerContext:
         prompt = c.prompts[c.language]
         self.language, self.prompt_id, self.prompt_version = c.language, prompt["id"], prompt["version"]
         self.callback_window = dt.timedelta(seconds=c.callback_window)
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.config.server.handshake_timeout
+
+    now = staticmethod(ledger.utcnow)
+
+    def objection(self, caller_hash: str) -> bool:
+        """Whether the number objects: one indexed read in the writer's thread, bounded."""
+        return self.writer.read(lambda: objections.objects(caller_hash), OBJECTION_READ_TIMEOUT_S)
 
     def close(self) -> None:
         self.seals.join(timeout=self.config.server.drain_seconds)
@@ -161,10 +173,10 @@ class ServerContext:
         for rec in Recording.select().where(Recording.state == ledger.RECORDING):
             if rec.id in report.deferred or self._mark_sealed_if_stored(rec):
                 continue
-            if rec.call.outcome != consent.GRANTED or rec.call.withdrawn_at is not None:
-                recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
-            else:
+            if consent.recovery_keeps(rec.call.outcome, withdrawn=rec.call.withdrawn_at is not None):
                 recordings.not_sealed(rec.id, ledger.FAILED, "lost-in-crash")
+            else:
+                recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
         self._end_interrupted_calls()
         return report
 
@@ -203,7 +215,7 @@ class ServerContext:
                 if rec is not None and self._mark_sealed_if_stored(rec):
                     return "delete"  # sealed before the crash: the plaintext is a leftover
                 keep = (rec is not None and rec.state in (ledger.RECORDING, ledger.FAILED)
-                        and rec.call.outcome == consent.GRANTED and rec.call.withdrawn_at is None)
+                        and consent.recovery_keeps(rec.call.outcome, withdrawn=rec.call.withdrawn_at is not None))
                 return "seal" if keep else "delete"
             return db(read)
 
@@ -254,15 +266,17 @@ class ServerContext:
     # --- withdrawal ---------------------------------------------------------------
 
     def callback_withdrawal(self, caller_hash: str, refusing_call_uuid: str) -> None:
-        """A refusal withdraws consent for the same number's recent recorded calls."""
+        """A refusal withdraws consent for the same number's recent recorded calls (a live
+        call's machine withdraws only a consent that was given)."""
         for session in list(self.registry.values()):
-            if (session.facts.caller_hash == caller_hash and session.facts.uuid != refusing_call_uuid
-                    and session.machine.consent_holds):
+            if session.facts.caller_hash == caller_hash and session.facts.uuid != refusing_call_uuid:
                 session.withdraw(consent.BY_CALLBACK)
 
         live = {session.facts.uuid for session in self.registry.values()}
 
         def write():
+            if not any_recent_recorded_call(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
+                return  # the number has no recorded call in the window: nothing to withdraw or audit
             for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
                 if call.uuid not in live:
                     withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",

@@ -9,6 +9,11 @@ on its own call.
 Every ``apply`` is idempotent (an insert that finds its row changes nothing; an
 update sets the same values again), which is what makes replaying the journal safe.
 Facts are plain JSON (``to_json`` / ``from_json``) so the journal can hold them.
+
+The facts every call writes are one hand-written statement each (``ledger.sql``), the
+idempotence in the statement itself (``ON CONFLICT DO NOTHING``, ``NOT EXISTS``), not a
+SELECT before it: they run in the database thread, whose Python holds the GIL against
+the event loop that plays every caller's prompt.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
+from peewee import IntegrityError
+
 from . import audit_actions, holds, ledger, recordings
-from .ledger import Call, ConsentEvent, Recording
+from .ledger import Call, Recording
 
 
 def _at(value: dt.datetime | str | None) -> dt.datetime | None:
@@ -36,14 +43,27 @@ class Fact:
         raise NotImplementedError
 
     def to_json(self) -> str:
-        fields = {}
-        for name, value in dataclasses.asdict(self).items():
+        # the fields are flat (str, numbers, bool, datetime, bytes, None): no asdict (a deep copy)
+        fields = {"kind": self.kind}
+        for name in self._names():
+            value = getattr(self, name)
             if isinstance(value, dt.datetime):
                 value = value.isoformat()
             elif isinstance(value, bytes):
                 value = base64.b64encode(value).decode()
             fields[name] = value
-        return json.dumps({"kind": self.kind, **fields}, separators=(",", ":"), sort_keys=True)
+        return _dumps(fields)
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        names = cls.__dict__.get("_field_names")
+        if names is None:
+            names = tuple(f.name for f in dataclasses.fields(cls))
+            cls._field_names = names  # a plain class attribute, not a dataclass field
+        return names
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 
 
 @dataclass(frozen=True)
@@ -60,13 +80,15 @@ class CallOpened(Fact):
     caller_sealed: bytes | None
     recording_note: str | None
 
+    SQL: ClassVar[str] = (
+        "INSERT INTO call (uuid, instance, started_at, consent_mode, language, prompt_id, prompt_version, "
+        "caller_hash, caller_sealed, recording_note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (instance) DO NOTHING")
+
     def apply(self, vault) -> None:
-        if Call.select().where(Call.instance == self.instance).exists():
-            return
-        Call.insert(uuid=self.uuid, instance=self.instance, started_at=_at(self.started_at),
-                    consent_mode=self.consent_mode, language=self.language, prompt_id=self.prompt_id,
-                    prompt_version=self.prompt_version, caller_hash=self.caller_hash,
-                    caller_sealed=self.caller_sealed, recording_note=self.recording_note).execute()
+        ledger.sql(self.SQL, (self.uuid, self.instance, _at(self.started_at), self.consent_mode, self.language,
+                              self.prompt_id, self.prompt_version, self.caller_hash, self.caller_sealed,
+                              self.recording_note))
 
 
 @dataclass(frozen=True)
@@ -81,18 +103,24 @@ class ConsentDecided(Fact):
     by: str
     at: dt.datetime
 
+    # the event once: not again when the journal replays it (the same call, moment and kind)
+    INSERT: ClassVar[str] = (
+        "INSERT INTO consent_event (call_id, at, kind, outcome, by) SELECT c.id, ?, ?, ?, ? FROM call c "
+        "WHERE c.instance = ? AND NOT EXISTS (SELECT 1 FROM consent_event e WHERE e.call_id = c.id "
+        "AND e.at = ? AND e.kind = ?)")
+    DECIDED: ClassVar[str] = "UPDATE call SET outcome = ?, decided_by = ?, decided_at = ? WHERE instance = ?"
+    WITHDRAWN: ClassVar[str] = "UPDATE call SET outcome = ?, withdrawn_by = ?, withdrawn_at = ? WHERE instance = ?"
+
     def apply(self, vault) -> None:
         at = _at(self.at)
-        call = Call.select(Call.id).where(Call.instance == self.instance).scalar()
-        if ConsentEvent.select().where((ConsentEvent.call == call) & (ConsentEvent.at == at)
-                                       & (ConsentEvent.kind == self.what)).exists():
-            return
-        changes = ({"withdrawn_by": self.by, "withdrawn_at": at} if self.what == "withdrawal"
-                   else {"decided_by": self.by, "decided_at": at})
-        Call.update(outcome=self.outcome, **changes).where(Call.id == call).execute()
-        ConsentEvent.insert(call=call, at=at, kind=self.what, outcome=self.outcome, by=self.by).execute()
-        ledger.append_audit("server", audit_actions.CONSENT_WITHDRAWAL if self.what == "withdrawal"
-                            else audit_actions.CONSENT_DECISION, "call", self.uuid, outcome=self.outcome, by=self.by)
+        if not ledger.sql(self.INSERT, (at, self.what, self.outcome, self.by, self.instance, at,
+                                        self.what)).rowcount:
+            if ledger.sql("SELECT 1 FROM call WHERE instance = ?", (self.instance,)).fetchone() is None:
+                raise IntegrityError("consent fact for a call that has no row")  # said, never dropped unseen
+            return  # written before: the journal replays it
+        ledger.sql(self.WITHDRAWN if self.what == "withdrawal" else self.DECIDED,
+                   (self.outcome, self.by, at, self.instance))
+        ledger.append_audit("server", audit_actions.CONSENT_WITHDRAWAL if self.what == "withdrawal" else audit_actions.CONSENT_DECISION, "call", self.uuid, outcome=self.outcome, by=self.by)
 
 
 @dataclass(frozen=True)
@@ -117,10 +145,13 @@ class CallEnded(Fact):
     wait_seconds: float | None
     hangup_cause: str | None
 
+    SQL: ClassVar[str] = (
+        "UPDATE call SET answered_at = ?, bridged_at = ?, ended_at = ?, duration_seconds = ?, wait_seconds = ?, "
+        "hangup_cause = ? WHERE instance = ?")
+
     def apply(self, vault) -> None:
-        Call.update(answered_at=_at(self.answered_at), bridged_at=_at(self.bridged_at), ended_at=_at(self.ended_at),
-                    duration_seconds=self.duration_seconds, wait_seconds=self.wait_seconds,
-                    hangup_cause=self.hangup_cause).where(Call.instance == self.instance).execute()
+        ledger.sql(self.SQL, (_at(self.answered_at), _at(self.bridged_at), _at(self.ended_at),
+                              self.duration_seconds, self.wait_seconds, self.hangup_cause, self.instance))
 
 
 @dataclass(frozen=True)

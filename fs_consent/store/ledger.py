@@ -27,6 +27,7 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    SqliteDatabase,
     TextField,
 )
 
@@ -271,19 +272,43 @@ def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, objec
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
+def sql(text: str, params: tuple | list = ()):
+    """Run hand-written SQL (``?`` placeholders) on the ledger; returns the cursor.
+
+    For the server's hot writes, one statement per fact: peewee's query building costs more
+    than SQLite's own work, and it runs in the database thread, which holds the GIL against
+    the event loop. The text is standard SQL (SQLite 3.24+ and PostgreSQL): the placeholder
+    is the engine's own.
+    """
+    db = database.obj
+    if db.param != "?":
+        text = _PARAMS.get(text) or _PARAMS.setdefault(text, text.replace("?", db.param))
+    return db.execute_sql(text, params)
+
+
+_PARAMS: dict[str, str] = {}
+_LAST_HASH = "SELECT hash FROM audit_entry ORDER BY seq DESC LIMIT 1"
+_INSERT_AUDIT = ("INSERT INTO audit_entry (at, actor, action, object_type, object_id, detail, prev_hash, hash) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 def append_audit(actor: str, action: str, object_type: str, object_id: str, **detail) -> AuditEntry:
     """Append one audit entry, chained to the last one (call inside or outside a transaction)."""
     detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
-    with database.atomic():
-        # plain SQL: this runs for every decision and deletion, and peewee's query building costs more
-        last = database.execute_sql("SELECT hash FROM audit_entry ORDER BY seq DESC LIMIT 1").fetchone()
+    db = database.obj
+    with db.atomic():
+        # plain SQL: this runs for every decision and seal, and peewee's query building costs more
+        last = db.execute_sql(_LAST_HASH).fetchone()
         prev = last[0] if last else GENESIS_HASH
         at = utcnow()
-        return AuditEntry.create(
-            at=at, actor=actor, action=action, object_type=object_type, object_id=object_id,
-            detail=detail_json, prev_hash=prev,
-            hash=entry_digest(prev, at, actor, action, object_type, object_id, detail_json),
-        )
+        digest = entry_digest(prev, at, actor, action, object_type, object_id, detail_json)
+        values = dict(at=at, actor=actor, action=action, object_type=object_type, object_id=object_id,
+                      detail=detail_json, prev_hash=prev, hash=digest)
+        if not isinstance(db, SqliteDatabase):
+            return AuditEntry.create(**values)  # RETURNING gives the seq there
+        cursor = db.execute_sql(_INSERT_AUDIT, (at, actor, action, object_type, object_id, detail_json, prev,
+                                                digest))
+        return AuditEntry(seq=cursor.lastrowid, **values)
 
 
 def os_user() -> str:

@@ -24,27 +24,32 @@ from ..secure.spool import recording_path
 from . import audit_actions, holds, ledger
 from .ledger import DELETED, FAILED, RECORDING, SEALED, Recording
 
+# hand-written (``ledger.sql``): these run for every recording, in the database thread.
+# No call row: call_id NULL fails (NOT NULL) rather than attach the recording by guesswork.
+_STARTED = ("INSERT INTO recording (id, call_id, state, started_at) VALUES (?, (SELECT id FROM call WHERE "
+            "instance = ?), ?, ?) ON CONFLICT (id) DO NOTHING")
+_SEALED = "UPDATE recording SET state = ?, sealed_at = ?, size = ?, sha256 = ? WHERE id = ? AND state IN (?, ?)"
+_FLAGGED = ("SELECT 1 FROM call_flag WHERE call_id = (SELECT call_id FROM recording WHERE id = ?) "
+            "AND kind IN (%s) LIMIT 1" % ", ".join("?" * len(holds.FLAG_KINDS)))
+
 
 def started(recording_id: str, instance: str, at: dt.datetime) -> None:
     """The row of a recording FreeSWITCH was told to start (once; a replay changes nothing)."""
-    if Recording.select().where(Recording.id == recording_id).exists():
-        return
-    Recording.insert(id=recording_id, call=ledger.call_row(instance), state=RECORDING, started_at=at).execute()
+    ledger.sql(_STARTED, (recording_id, instance, RECORDING, at))
 
 
 def sealed(recording_id: str, *, size: int, sha256: str, at: dt.datetime | None = None,
            recovered: bool = False) -> bool:
     """Mark it sealed, audit it, and hold it for its call's agent flag; False if it was not
     ``recording`` (nor, for start-up ``recovered`` ones, ``failed``): deleted meanwhile, or sealed already."""
-    from_states = (RECORDING, FAILED) if recovered else (RECORDING,)
-    changed = Recording.update(state=SEALED, sealed_at=at or ledger.utcnow(), size=size, sha256=sha256).where(
-        (Recording.id == recording_id) & Recording.state.in_(from_states)).execute()
-    if not changed:
+    also = FAILED if recovered else RECORDING
+    if not ledger.sql(_SEALED, (SEALED, at or ledger.utcnow(), size, sha256, recording_id, RECORDING, also)).rowcount:
         return False
     detail = {"recovered": True} if recovered else {}
     ledger.append_audit("server", audit_actions.RECORDING_SEAL, "recording", recording_id, size=size, sha256=sha256,
                         **detail)
-    holds.hold_flagged(recording_id)  # the agent flagged aggression during the call
+    if ledger.sql(_FLAGGED, (recording_id, *holds.FLAG_KINDS)).fetchone():
+        holds.hold_flagged(recording_id)  # the agent flagged aggression during the call
     return True
 
 

@@ -75,13 +75,19 @@ class Journal:
             raise
         self.failing: OSError | None = None
         self._unwritten: list[tuple[int, Fact]] = []  # refused by the disk, not yet in the ledger
+        # where a line the disk refused is cut back to; only this object writes the file (no
+        # fstat per line: appends run on the event loop)
+        self._size = os.fstat(self._fd).st_size
 
     def append(self, seq: int, fact: Fact) -> bool:
         """Write the line (after any the disk refused before); False, and nothing half-written
         left behind, when the disk refuses."""
         self._unwritten.append((seq, fact))
-        lines = b"".join(f"{s} {f.to_json()}\n".encode() for s, f in self._unwritten)
-        size = os.fstat(self._fd).st_size
+        if len(self._unwritten) == 1:
+            lines = f"{seq} {fact.to_json()}\n".encode()
+        else:
+            lines = b"".join(f"{s} {f.to_json()}\n".encode() for s, f in self._unwritten)
+        size = self._size
         try:
             if os.write(self._fd, lines) != len(lines):
                 raise OSError(28, "short write")
@@ -99,6 +105,7 @@ class Journal:
             log.warning("ledger journal %s can be written again (%d facts that waited in memory are in it now)",
                         self.path, len(self._unwritten) - 1)
             self.failing = None
+        self._size = size + len(lines)
         self._unwritten.clear()
         return True
 
@@ -131,10 +138,11 @@ class Journal:
         os.fsync(self._fd)
 
     def size(self) -> int:
-        return os.fstat(self._fd).st_size
+        return self._size
 
     def reset(self) -> None:
         os.ftruncate(self._fd, 0)
+        self._size = 0
         self._unwritten.clear()
 
     def close(self) -> None:
@@ -160,7 +168,7 @@ def applied_seq() -> int:
 
 
 def _set_applied_seq(seq: int) -> None:
-    if not ledger.Meta.update(value=str(seq)).where(ledger.Meta.key == APPLIED_KEY).execute():
+    if not ledger.sql("UPDATE meta SET value = ? WHERE key = ?", (str(seq), APPLIED_KEY)).rowcount:
         ledger.Meta.insert(key=APPLIED_KEY, value=str(seq)).execute()
 
 

@@ -29,8 +29,7 @@ def start(call, *, can_record=True):
 
 
 def prompt_tag(call):
-    tag = next(t for t, purpose in call._tags.items() if purpose == "answer")
-    out = call.handle(c.AppCompleted(tag))
+    out = call.handle(c.AppCompleted(call._answer_tag))
     prompts = [cmd for cmd in of(out, c.Execute) if cmd.app == "play_and_get_digits"]
     assert len(prompts) == 1
     return prompts[0].tag
@@ -259,7 +258,7 @@ def objecting_call(**policy):
     call = new_call(aggression_key="3", **policy)
     out = call.handle(c.CallStarted(objection=True))
     assert out[1:] == [c.Decide(c.REFUSED, c.BY_OBJECTION), c.SetVariable("fs_consent", "refused"),
-                       c.Execute("answer", None, "answer-1")]
+                       c.Execute("answer", None, "answer-1", c.ANSWER)]
     return call, call.handle(c.AppCompleted("answer-1"))
 
 
@@ -285,7 +284,7 @@ def test_objection_with_the_prompt_played_records_whatever_the_answer(mode, answ
     call, out = objecting_call(mode=mode, objection_prompt="play", tries=2)
     history = list(out)
     for digit in answers:
-        assert not call.menu_started
+        assert not call.in_menu
         prompt = [cmd for cmd in of(history, c.Execute) if cmd.app == "play_and_get_digits"][-1]
         history += call.handle(c.PromptAnswered(prompt.tag, digit))
     assert [cmd.app for cmd in of(history, c.Execute)][-1] == "execute_extension"
@@ -393,13 +392,15 @@ EVENTS = st.one_of(
 def materialise(call, token):
     """Turn symbolic completions into events carrying the call's real tags."""
     if token == "answer":
-        tags = [t for t, p in call._tags.items() if p == "answer"]
-        return c.AppCompleted(tags[-1] if tags else "answer-0")
+        return c.AppCompleted(call._answer_tag or "answer-0")
     if isinstance(token, tuple) or token == "prompt":
-        tags = [t for t, p in call._tags.items() if p == "prompt"]
         digit, ended = token[1:] if isinstance(token, tuple) else (None, c.PROMPT_TIMED_OUT)
-        return c.PromptAnswered(tags[-1] if tags else "prompt-0", digit, ended)
+        return c.PromptAnswered(call._prompt_tag or "prompt-0", digit, ended)
     return token
+
+
+def menu_sent(history):
+    return any(cmd.purpose == c.MENU for cmd in of(history, c.Execute))
 
 
 @settings(max_examples=600, deadline=None)
@@ -412,8 +413,15 @@ def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_
     hung_up_before_menu = False
     for token in tokens:
         event = materialise(call, token)
+        was_active = call.rec is c.Rec.ACTIVE
         out = call.handle(event)
         history += out
+        # a decision stands: only a withdrawal or a failure changes it (a completion counts once)
+        if len(of(history, c.Decide)) > 1:
+            assert of(out, c.Decide) == [] or of(out, c.Decide)[0].outcome in (c.WITHDRAWN, c.ERROR)
+        # a caller on hold is never recorded: a recording that starts while they are held is masked at once
+        if isinstance(event, c.RecordStarted) and not was_active and call.rec is c.Rec.ACTIVE and call.on_hold:
+            assert c.MaskRecording(RID, True) in out
         # silence is consent only after the whole prompt and its timeout, the caller still there
         if c.Decide(c.GRANTED, c.BY_SILENCE) in out:
             assert isinstance(event, c.PromptAnswered) and event.ended == c.PROMPT_TIMED_OUT
@@ -421,14 +429,14 @@ def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_
         # the callback withdrawal follows only the refuse digit pressed at the prompt
         if of(out, c.WithdrawEarlierCalls):
             assert isinstance(event, c.PromptAnswered) and event.digit == call.policy.refuse_digit
-        hung_up_before_menu = hung_up_before_menu or (call.hung_up and not call.menu_started)
+        hung_up_before_menu = hung_up_before_menu or (call.hung_up and not menu_sent(history))
     if not call.hung_up:
         # whatever happened so far, the deadline sends a caller who is still there on to the menu
         probe = deepcopy(call)
         probe.handle(c.TimerFired(c.DECISION_DEADLINE_TIMER))
-        assert probe.menu_started
+        assert probe.in_menu
     history += call.handle(c.HungUp()) + call.handle(c.Disconnected())
-    hung_up_before_menu = hung_up_before_menu or not call.menu_started
+    hung_up_before_menu = hung_up_before_menu or not menu_sent(history)
 
     if objection:
         # never recorded, whatever the caller, the agent or FreeSWITCH did; the reason is kept
@@ -463,3 +471,97 @@ def test_no_recording_after_refusal_or_withdrawal_and_every_call_ends(mode, can_
     assert len(menu) <= 1
     if finishes[0].outcome != c.ABANDONED and not objection:
         assert len(menu) == 1
+
+
+# --- the transition table ---------------------------------------------------------------
+
+
+def test_the_table_covers_every_phase_and_event_exactly_once():
+    pairs = {(phase, event) for phase in c.Phase for event in c.EVENTS}
+    assert set(c.TRANSITIONS) | set(c.IGNORED) == pairs
+    assert set(c.TRANSITIONS) & set(c.IGNORED) == set()
+    assert all(why for why in c.IGNORED.values())
+
+
+def test_an_event_outside_the_table_is_a_programming_error():
+    call = new_call()
+    call.handle(c.CallStarted())
+    with pytest.raises(c.NotInTable, match="object in phase ANSWERING"):
+        call.handle(object())
+    with pytest.raises(c.NotInTable, match="no timer"):
+        call.handle(c.TimerFired("no-such-timer"))
+
+
+def test_an_ignored_event_is_logged_with_its_reason(caplog):
+    call = new_call()
+    start(call)
+    with caplog.at_level("DEBUG", logger="fs_consent.core.consent"):
+        assert call.handle(c.CallerDigit("5")) == []
+    assert "CallerDigit ignored in phase PROMPTING: digits before the menu belong to play_and_get_digits" in caplog.text
+
+
+def test_decide_is_emitted_in_one_place():
+    import inspect
+
+    assert inspect.getsource(c.ConsentCall).count("Decide(") == 1
+
+
+def test_a_second_completion_after_the_caller_is_gone_changes_nothing():
+    """Caught by the property test once the decision had to stand: a duplicate completion
+    used to grant by silence after the call was abandoned."""
+    call = new_call()
+    tag = start(call)
+    call.handle(c.PromptAnswered(tag, None, c.PROMPT_CALLER_GONE))
+    assert call.handle(c.PromptAnswered(tag, None)) == []
+    assert (call.phase, call.outcome) == (c.Phase.LEAVING, c.ABANDONED)
+
+
+def test_a_recording_that_starts_while_the_caller_is_held_is_masked_at_once():
+    call = new_call()
+    call.handle(c.PromptAnswered(start(call), None))
+    assert call.handle(c.Held()) == []  # nothing is being written yet
+    assert call.handle(c.RecordStarted(RID)) == [c.MaskRecording(RID, True)]
+    assert call.handle(c.Unheld()) == [c.MaskRecording(RID, False)]
+
+
+def test_a_sealed_recording_is_deleted_by_the_ledger_which_knows_the_holds():
+    call = granted_and_recording(aggression_key="3")
+    call.handle(c.AgentFlag())
+    assert call.handle(c.RecordStopped(RID)) == [c.SealRecording(RID)]  # the bridge ended, the call goes on
+    out = call.handle(c.CallerDigit("*")) + call.handle(c.CallerDigit("1"))
+    assert out[0] == c.DeleteRecording(RID, "withdrawn", sealed=True) and of(out, c.StopRecording) == []
+    assert c.Decide(c.WITHDRAWN, c.BY_CALLER_KEYS) in out and out[0].recording_id == RID
+
+
+def test_an_objection_the_ledger_could_not_check_is_not_recorded_and_goes_to_the_menu():
+    call = new_call()
+    out = call.handle(c.CallStarted(objection=None))
+    assert c.Decide(c.ERROR, c.BY_FAILURE) in out and not call.can_record
+    assert [cmd.purpose for cmd in of(out, c.Execute)] == [c.ANSWER, c.MENU]
+    assert call.handle(c.AppCompleted(call._answer_tag)) == []  # no prompt follows
+
+
+@pytest.mark.parametrize("answer, expected", [("1", None), (None, c.WITHDRAWN)])
+def test_a_callback_withdraws_only_a_consent_that_was_given(answer, expected):
+    call = new_call()
+    tag = start(call)
+    assert call.handle(c.WithdrawRequested(c.BY_CALLBACK)) == []  # undecided: nothing to withdraw
+    call.handle(c.PromptAnswered(tag, answer))
+    out = call.handle(c.WithdrawRequested(c.BY_CALLBACK))
+    assert [d.outcome for d in of(out, c.Decide)] == ([expected] if expected else [])
+    assert c.Decide(c.WITHDRAWN, c.BY_CALLBACK).kind == "withdrawal" and c.Decide(c.GRANTED, "x").kind == "decision"
+
+
+@pytest.mark.parametrize("objection, can_seal, healthy, note", [
+    (False, True, True, None), (None, True, True, "objection-unknown"), (True, True, True, None),
+    (False, False, True, "no-recipient"), (False, True, False, "ledger-unavailable"),
+])
+def test_the_reason_a_call_may_not_be_recorded(objection, can_seal, healthy, note):
+    assert c.recording_note(objection=objection, can_seal=can_seal, ledger_healthy=healthy) == note
+
+
+def test_recovery_seals_only_with_consent_never_withdrawn():
+    assert c.recovery_keeps(c.GRANTED, withdrawn=False)
+    assert not c.recovery_keeps(c.GRANTED, withdrawn=True)
+    assert not any(c.recovery_keeps(outcome, withdrawn=False) for outcome in c.OUTCOMES if outcome != c.GRANTED)
+    assert not c.recovery_keeps(None, withdrawn=False)

@@ -196,14 +196,13 @@ def test_a_live_withdrawal_after_the_seal_leaves_a_held_recording(data):
     _, free = data.add_call(age=0 * DAY, as_of=ledger.utcnow())
     holds.flag_call(call.id, call.uuid, "aggression", by="agent_key", at=ledger.utcnow())
     writer = SimpleNamespace(record=lambda fact: fact.apply(data.vault))
-    ctx = SimpleNamespace(writer=writer, vault=data.vault, spool_dir=data.spool)
+    ctx = SimpleNamespace(writer=writer, vault=data.vault, spool_dir=data.spool, now=ledger.utcnow)
     session = CallSession(sock=None, ctx=ctx)
-    session._sealed.update({rec.id, free.id})
-    session._do_DeleteRecording(DeleteRecording(rec.id, "withdrawn"))
+    session._perform(DeleteRecording(rec.id, "withdrawn", sealed=True))
     assert data.recording(rec.id).state == ledger.SEALED and f"{rec.id}.age" in data.store_files()
     refused = data.audit("recording.delete.refused")
     assert [(e.object_id, json.loads(e.detail)["holds"]) for e in refused] == [(rec.id, [1])]
-    session._do_DeleteRecording(DeleteRecording(free.id, "withdrawn"))  # not held: deleted as ever
+    session._perform(DeleteRecording(free.id, "withdrawn", sealed=True))  # not held: deleted as ever
     assert data.recording(free.id).state == ledger.DELETED and f"{free.id}.age" not in data.store_files()
 
 
