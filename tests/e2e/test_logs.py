@@ -71,7 +71,7 @@ def test_a_kv_line_has_level_logger_event_and_the_fields(restore_logging):
     logging.getLogger("fs_consent.runtime.driver").info(
         "call ended", extra=logs.fields(call="8f0c2a", outcome="granted", seconds=12.5, hangup_cause=None))
     [line] = out.getvalue().splitlines()
-    assert re.fullmatch(r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info logger=fs_consent\.driver "
+    assert re.fullmatch(r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info logger=fs_consent\.runtime\.driver "
                         r'event="call ended" call=8f0c2a outcome=granted seconds=12\.5 hangup_cause=none', line)
 
 
