@@ -49,6 +49,7 @@ VERSION = (
     "FreeSWITCH Version 1.10.12-release+git~20240802T210227Z~a88d069d6f~64bit "
     "(git a88d069 2024-08-02 21:02:27Z 64bit)\n"
 )
+_SETVAR_MULTI_SYNTAX = "<uuid> <var>=<value>;<var>=<value>..."
 _UUID_RECORD_USAGE = "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
 
 #: The events ``myevents`` subscribes to (mod_event_socket.c).  No CHANNEL_HOLD,
@@ -464,6 +465,7 @@ class CallSession:
             "version": lambda _a: (VERSION, None),
             "uuid_record": self._api_uuid_record,
             "uuid_setvar": self._api_uuid_setvar,
+            "uuid_setvar_multi": self._api_uuid_setvar_multi,
             "uuid_getvar": self._api_uuid_getvar,
             "uuid_kill": self._api_uuid_kill,
             "uuid_broadcast": self._api_uuid_broadcast,
@@ -508,6 +510,26 @@ class CallSession:
             return "-ERR No such channel!\n", None
         self._set_var(args[1], " ".join(args[2:]) or None)
         return "+OK\n", None
+
+    def _api_uuid_setvar_multi(self, args: list[str]):
+        """``<uuid> <var>=<value>;<var>=<value>...``, answered as mod_commands.c does: split on
+        ';', each at its first '='; +OK once one is set (the usage after any other outcome, and
+        nothing at all for a uuid alone)."""
+        usage = f"-USAGE: {_SETVAR_MULTI_SYNTAX}\n"
+        if not args:
+            return usage, None
+        if len(args) == 1:
+            return "", None
+        if not self._live(args[0]):
+            return "-ERR No such channel!\n" + usage, None
+        body, set_any = "", False
+        for name, eq, value in (item.partition("=") for item in " ".join(args[1:]).split(";")):
+            if not name:
+                body += "-ERR No variable specified\n"
+                continue
+            self._set_var(name, value if eq else None)
+            set_any = True
+        return (body + "+OK\n" if set_any else body + usage), None
 
     def _api_uuid_getvar(self, args: list[str]):
         if len(args) < 2:

@@ -173,6 +173,11 @@ class CallFacts:
     recording_note: str | None = None  # why the call may not be recorded at all (None: it may)
 
 
+def _multi_safe(value: str) -> bool:
+    """A value ``uuid_setvar_multi`` carries intact: it splits on ';' and at the first '='."""
+    return value != "" and ";" not in value and "=" not in value and not any(c.isspace() for c in value)
+
+
 @dataclass
 class CallSession:
     """Drives one FreeSWITCH outbound connection from handshake to ``exit``.
@@ -418,9 +423,14 @@ class CallSession:
             if outermost:
                 self._out = []  # what the commands send goes out in one write, in order
             try:
-                commands = self.machine.handle(event)
-                for command in commands:
+                variables: list[SetVariable] = []  # consecutive ones go out as one api command
+                for command in self.machine.handle(event):
+                    if isinstance(command, SetVariable) and _multi_safe(command.value):
+                        variables.append(command)
+                        continue
+                    self._set_variables(variables)
                     self._perform(command)
+                self._set_variables(variables)
             except Exception as exc:  # noqa: BLE001 - fail closed, keep the call
                 if isinstance(event, consent.Failed):
                     log.error("call %s: failure handling failed (%s)", self.facts.uuid, type(exc).__name__)
@@ -512,6 +522,16 @@ class CallSession:
 
     def _path(self, recording_id: str) -> Path:
         return recording_path(self.ctx.spool_dir, recording_id)
+
+    def _set_variables(self, variables: list) -> None:
+        """One ``uuid_setvar_multi`` for several (one round trip before the recording starts;
+        FreeSWITCH sets them in order, mod_commands.c), ``uuid_setvar`` for one."""
+        if len(variables) == 1:
+            self._perform(variables[0])
+        elif variables:
+            pairs = ";".join(f"{v.name}={v.value}" for v in variables)
+            self._api(f"uuid_setvar_multi {self.facts.uuid} {pairs}")
+        variables.clear()
 
     def _api(self, command: str, on_reply=None) -> None:
         if self._closed or self._exit_sent:

@@ -524,6 +524,13 @@ def test_command_replies(dial):
     assert app.api(f"uuid_getvar {app.uuid} fs_consent_state") == b"recorded"
     assert app.api(f"uuid_getvar {app.uuid} unset_var") == b"_undef_"
     assert app.api("uuid_setvar 00000000-0000-0000-0000-000000000000 a b") == b"-ERR No such channel!\n"
+    # uuid_setvar_multi answers as mod_commands.c does
+    assert app.api(f"uuid_setvar_multi {app.uuid} a=1;b=x=y;;c") == b"-ERR No variable specified\n+OK\n"
+    assert [app.api(f"uuid_getvar {app.uuid} {name}") for name in "abc"] == [b"1", b"x=y", b"_undef_"]
+    syntax = b"-USAGE: <uuid> <var>=<value>;<var>=<value>...\n"
+    assert app.api("uuid_setvar_multi 00000000-0000-0000-0000-000000000000 a=1") == b"-ERR No such channel!\n" + syntax
+    assert app.api(f"uuid_setvar_multi {app.uuid} ;") == b"-ERR No variable specified\n" * 2 + syntax
+    assert app.api(f"uuid_setvar_multi {app.uuid}") == b""
     assert app.api("uuid_record 00000000-0000-0000-0000-000000000000 stop x.wav") == (
         b"-ERR Cannot locate session!\n"
     )
@@ -536,7 +543,7 @@ def test_command_replies(dial):
     assert app.api(f"uuid_kill {app.uuid}") == b"+OK\n"
     app.event("CHANNEL_HANGUP")
     result = app.finish()
-    assert result.channel_vars == {"fs_consent_state": "recorded"}
+    assert result.channel_vars == {"fs_consent_state": "recorded", "a": "1", "b": "x=y"}  # c was unset
     assert result.api_commands[:2] == ["no_such_command", "version"]
     assert "unknown command 'no_such_command'" in result.errors
     assert "stop_record_session without a path (crashes FreeSWITCH)" in result.errors

@@ -60,8 +60,9 @@ def test_silence_records_masks_on_hold_and_seals_after_the_record_stop(tmp_path)
     rid = session.machine.recording_id
     path = tmp_path / f"{rid}.wav"
     assert ("record_session", str(path)) in fs.executes()
-    assert {f"uuid_setvar {CHANNEL} RECORD_STEREO true", f"uuid_setvar {CHANNEL} RECORD_BRIDGE_REQ true"} <= set(
-        fs.apis())
+    # the decision and the recording's settings in one round trip, before record_session
+    setvars = [api for api in fs.apis() if api.startswith("uuid_setvar")]
+    assert setvars == [f"uuid_setvar_multi {CHANNEL} fs_consent=granted;RECORD_STEREO=true;RECORD_BRIDGE_REQ=true"]
     fs.event("RECORD_START", Record_File_Path=str(path))
     fs.event("CHANNEL_HOLD")
     fs.wait_for(lambda: f"uuid_record {CHANNEL} mask {path}" in fs.apis())
