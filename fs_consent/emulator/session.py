@@ -475,7 +475,8 @@ class CallSession:
             body, effect = f"-ERR {name} Command not found!\n", None
         else:
             body, effect = handler(args.split())
-        self._reply(esl.encode_api_response(body.encode()))
+        # an api that wrote nothing: mod_event_socket answers for it
+        self._reply(esl.encode_api_response(body.encode() or b"-ERR no reply\n"))
         if effect is not None:
             effect()
 
@@ -514,7 +515,7 @@ class CallSession:
     def _api_uuid_setvar_multi(self, args: list[str]):
         """``<uuid> <var>=<value>;<var>=<value>...``, answered as mod_commands.c does: split on
         ';', each at its first '='; +OK once one is set (the usage after any other outcome, and
-        nothing at all for a uuid alone)."""
+        nothing at all for a uuid alone, which mod_event_socket turns into "-ERR no reply")."""
         usage = f"-USAGE: {_SETVAR_MULTI_SYNTAX}\n"
         if not args:
             return usage, None
@@ -523,7 +524,10 @@ class CallSession:
         if not self._live(args[0]):
             return "-ERR No such channel!\n" + usage, None
         body, set_any = "", False
-        for name, eq, value in (item.partition("=") for item in " ".join(args[1:]).split(";")):
+        items = " ".join(args[1:]).split(";")
+        if len(items) > 1 and items[-1] == "":
+            items.pop()  # no empty field after the last ";" (test_real_freeswitch: uuid_setvar_multi)
+        for name, eq, value in (item.partition("=") for item in items):
             if not name:
                 body += "-ERR No variable specified\n"
                 continue

@@ -15,6 +15,7 @@ ledger's ``uuid``; keys are the caller's when sent with ``uuid_send_dtmf A``.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -27,6 +28,7 @@ from pathlib import Path
 import gevent
 import gevent.lock
 import gevent.queue
+import pyrage
 import pytest
 from gevent import socket as gsocket
 
@@ -255,6 +257,9 @@ def test_silence_grants_and_the_recording_is_sealed_after_the_bridge(fs):
     call = Call(fs.switch)
     assert call.bridged(), _no_prompt(call) if call.dropped_in_handshake() else "silence goes on into the menu"
     assert call.wait("RECORD_START", 5) is not None
+    # the decision and the recording's settings arrived in one uuid_setvar_multi
+    assert [fs.switch.api(f"uuid_getvar {call.b} {name}") for name in ("fs_consent", "RECORD_STEREO",
+                                                                         "RECORD_BRIDGE_REQ")] == ["granted", "true", "true"]
     gevent.sleep(1.5)
     call.hang_up()
     assert call.ended()
@@ -267,6 +272,12 @@ def test_silence_grants_and_the_recording_is_sealed_after_the_bridge(fs):
     assert rec.state == ledger.SEALED and rec.size > 0
     spool, store = fs.files()
     assert spool == [] and store == [f"{rec.id}.age"]
+    identity = pyrage.x25519.Identity.from_str(
+        next(line for line in (Path(fs.config.storage.keys_dir) / "identity.txt").read_text().splitlines()
+             if line.startswith("AGE-SECRET-KEY-")))
+    plain = pyrage.decrypt((Path(fs.config.storage.store_dir) / f"{rec.id}.age").read_bytes(), [identity])
+    with wave.open(io.BytesIO(plain)) as w:
+        assert w.getnchannels() == 2  # RECORD_STEREO took effect: caller and staff apart
 
 
 def test_caller_hangup_during_the_prompt_is_abandoned(fs):
@@ -351,3 +362,20 @@ def test_40_concurrent_calls_are_all_in_the_ledger_with_an_outcome(fs):
     outcomes = _outcomes(fs, calls)
     counts = Counter(outcomes.values())
     assert counts == {"granted": len(calls)}, f"of {len(calls)} calls: {dict(counts)}"
+
+
+def test_uuid_setvar_multi_answers_as_the_emulator_does(fs):
+    """The emulator's uuid_setvar_multi (tests/emulator/test_emulator.py) against the real one."""
+    call = Call(fs.switch)
+    assert call.prompt_started(), _no_prompt(call)
+    real = [fs.switch.api(f"uuid_setvar_multi {call.b} a=1;b=x=y;;c"),
+            *[fs.switch.api(f"uuid_getvar {call.b} {name}") for name in "abc"],
+            fs.switch.api("uuid_setvar_multi 00000000-0000-0000-0000-000000000000 a=1"),
+            fs.switch.api(f"uuid_setvar_multi {call.b} ;"),
+            fs.switch.api(f"uuid_setvar_multi {call.b}")]
+    call.hang_up()
+    assert call.ended()
+    syntax = "-USAGE: <uuid> <var>=<value>;<var>=<value>..."
+    # as the emulator answers (the Switch helper strips the body's surrounding whitespace)
+    assert real == ["-ERR No variable specified\n+OK", "1", "x=y", "_undef_", f"-ERR No such channel!\n{syntax}",
+                    f"-ERR No variable specified\n{syntax}", "-ERR no reply"]
