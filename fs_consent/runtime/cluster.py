@@ -12,9 +12,13 @@ Channels and messages (one JSON object per NOTIFY payload, under PostgreSQL's 80
   live withdraws it (the recording is gone when it answers) and answers on ``reply_to``;
   a node that does not hold it stays silent. ``{"op": "callback", "caller_hash",
   "exclude_uuid", "from"}``: every other node withdraws its live calls from that number
-  (the caller hash is the ledger's keyed hash, never the number).
+  (the caller hash is the ledger's keyed hash, never the number). ``{"op": "holding",
+  "id", "reply_to"}``: a node starting up asks which open calls are live elsewhere, so its
+  recovery ends only calls no node holds; each node with live calls answers with their
+  instances, :data:`INSTANCES_PER_REPLY` a message.
 * ``reply_to`` (:data:`REPLY_PREFIX` + random hex, one per question, LISTENed on by the
-  asker before it asks): ``{"id", "ok", "live", "outcome", "ledger", "node", "pid"}``.
+  asker before it asks): ``{"id", "ok", "live", "outcome", "ledger", "node", "pid"}`` to
+  a withdrawal, ``{"id", "instances", "node", "pid"}`` to ``holding``.
 
 NOTIFY reaches only who listens at that moment: a node cut off from the database misses
 what is said meanwhile (an asker then hears no answer and says so; a callback refusal
@@ -44,7 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 from gevent.threadpool import ThreadPool
 
-__all__ = ["CHANNEL", "REPLY_PREFIX", "BusError", "ClusterBus", "ask", "conninfo", "node_name"]
+__all__ = ["CHANNEL", "REPLY_PREFIX", "BusError", "ClusterBus", "ask", "conninfo", "gather", "node_name"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ _REPLY_CHANNEL = re.compile(r"^fs_consent_reply_[0-9a-f]{16,32}$")
 POLL_S = 0.5  # the listener's longest wait in the database, so a stop is heard this fast
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 5.0
 MAX_PAYLOAD = 7900  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
+INSTANCES_PER_REPLY = 150  # 32 hex digits each: a reply well under MAX_PAYLOAD
 
 Handler = Callable[[dict], None]
 
@@ -218,22 +223,32 @@ class ClusterBus:
 
 def ask(url: str, message: dict, *, timeout: float) -> dict | None:
     """Broadcast a question to every node and return the first answer, or None if none came
-    within ``timeout`` seconds. Blocking (for the command line)."""
+    within ``timeout`` seconds. Blocking (for the command line, or a native thread)."""
+    answers = gather(url, message, window=timeout, first=True)
+    return answers[0] if answers else None
+
+
+def gather(url: str, message: dict, *, window: float, first: bool = False) -> list[dict]:
+    """Broadcast a question and collect every answer that comes within ``window`` seconds
+    (only the first, with ``first``). Blocking (for the command line, or a native thread)."""
     info = conninfo(url)
     if info is None:
         raise ValueError("the cluster bus needs a PostgreSQL ledger")
     channel, request_id = REPLY_PREFIX + secrets.token_hex(8), secrets.token_hex(8)
+    answers: list[dict] = []
     conn = _connect(info)
     try:
         conn.execute(f"LISTEN {channel}")  # before asking: an answer cannot come before we listen
         conn.execute("SELECT pg_notify(%s, %s)",
                      (CHANNEL, _encode({**message, "id": request_id, "reply_to": channel})))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + window
         while (left := deadline - time.monotonic()) > 0:
             for notification in conn.notifies(timeout=left, stop_after=1):
                 answer = _decode(notification.payload)
                 if answer is not None and answer.get("id") == request_id:
-                    return answer
-        return None
+                    answers.append(answer)
+                    if first:
+                        return answers
+        return answers
     finally:
         conn.close()

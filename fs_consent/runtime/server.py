@@ -52,6 +52,7 @@ GIL_SWITCH_S = 0.001  # a control request answers by then, whatever the ledger i
 OBJECTION_READ_TIMEOUT_S = 2.0  # no answer by then (a stuck database; a lock does not stop reads): not recorded
 STORE_PROBE_S = 2.0  # how often the store is probed for writing (and how soon a store that came back is used)
 STORE_PROBE_TIMEOUT_S = 5.0  # a probe not done by then (a hung NFS mount): the store counts as unwritable
+RECOVERY_ASK_S = 1.5  # at start-up, how long other nodes have to say which open calls they hold live
 CALLBACK_FOLLOW_UP_S = 2.0  # a callback refusal re-reads calls that were live elsewhere this often...
 CALLBACK_FOLLOW_UP_MAX_S = 4 * 3600.0  # ...until they end, for at most this long
 
@@ -210,16 +211,37 @@ class ServerContext:
         up. :meth:`sweep_deferred` settles those once closed or quiet.
         """
         report = self._settle_spool(lambda write: write(), ready=self._settled)
+        elsewhere = self._held_elsewhere()
         # recordings the crash left unsettled whose plaintext is gone (not merely still being written)
         for rec in Recording.select().where(Recording.state == ledger.RECORDING):
-            if rec.id in report.deferred or self._mark_sealed_if_stored(rec):
+            if rec.id in report.deferred or rec.call.instance in elsewhere or self._mark_sealed_if_stored(rec):
                 continue
             if consent.recovery_keeps(rec.call.outcome, withdrawn=rec.call.withdrawn_at is not None):
                 recordings.not_sealed(rec.id, ledger.FAILED, "lost-in-crash")
             else:
                 recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
-        self._end_interrupted_calls()
+        self._end_interrupted_calls(skip=elsewhere)
         return report
+
+    def _held_elsewhere(self) -> set[str]:
+        """The open calls another node holds live (their instances), asked over the bus: a
+        shared ledger's open calls are not all this node's, and recovery must leave those
+        alone. Nothing to ask with SQLite (one node) or when no call is open."""
+        url = self.config.storage.database
+        if cluster.conninfo(url) is None or not Call.select().where(Call.ended_at.is_null()).exists():
+            return set()
+        try:
+            answers = gevent.get_hub().threadpool.spawn(cluster.gather, url, {"op": "holding"},
+                                                        window=RECOVERY_ASK_S).get()
+        except cluster.BusError as exc:
+            log.error("recovery: could not ask the other nodes which calls they hold (%s): "
+                      "every open call is taken for one this node's crash left", exc)
+            return set()
+        held = {str(i) for answer in answers for i in answer.get("instances", [])}
+        if held:
+            log.info("recovery: %d open calls are live on %d other nodes and left to them", len(held),
+                     len({(a.get("node"), a.get("pid")) for a in answers}))
+        return held
 
     def sweep_deferred(self, deferred: list[str]) -> None:
         """Runs beside the calls: settle each deferred spool file once FreeSWITCH stopped writing it."""
@@ -289,12 +311,15 @@ class ServerContext:
         return recordings.sealed(rec.id, size=size, sha256=digest, recovered=True)
 
     @staticmethod
-    def _end_interrupted_calls() -> None:
-        """Every call the crash left open ends now; one still undecided ends ``error`` by
-        ``restart`` (it went on unrecorded: FreeSWITCH's fallback, or the caller hung up)."""
+    def _end_interrupted_calls(skip: set[str] = frozenset()) -> None:
+        """Every call the crash left open ends now (but those live on another node, ``skip``);
+        one still undecided ends ``error`` by ``restart`` (it went on unrecorded: FreeSWITCH's
+        fallback, or the caller hung up)."""
         now = ledger.utcnow()
         with ledger.database.atomic():
             for call in Call.select().where(Call.ended_at.is_null()):
+                if call.instance in skip:
+                    continue
                 changes = {"ended_at": now, "hangup_cause": RESTART_HANGUP_CAUSE}
                 if call.outcome is None:
                     changes.update(outcome=consent.ERROR, decided_by=consent.BY_RESTART, decided_at=now)
@@ -395,6 +420,10 @@ class ServerContext:
             call_uuid = str(message.get("call_uuid", ""))
             if any(s.facts.uuid == call_uuid for s in self.registry.values()):
                 self.bus.reply(message, self._withdraw_live(call_uuid, str(message.get("actor", "unknown"))))
+        elif op == "holding":
+            instances = list(self.registry)
+            for start in range(0, len(instances), cluster.INSTANCES_PER_REPLY):
+                self.bus.reply(message, {"instances": instances[start:start + cluster.INSTANCES_PER_REPLY]})
 
     def _withdraw_live(self, call_uuid: str, actor: str) -> dict:
         """Withdraw this node's live sessions of the call: the recording is gone once this
