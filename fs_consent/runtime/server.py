@@ -149,7 +149,9 @@ class ServerContext:
         try:
             failed = gevent.get_hub().threadpool.spawn(probe_writable, store).get(timeout=STORE_PROBE_TIMEOUT_S)
         except gevent.Timeout:
-            failed = f"store {store} did not answer within {STORE_PROBE_TIMEOUT_S:g} s"
+            failed = f"no answer within {STORE_PROBE_TIMEOUT_S:g} s"
+        except Exception as exc:  # noqa: BLE001 - whatever stops the probe stops new recordings
+            failed = exc
         self.store_failed(failed if isinstance(failed, str) else why(failed) if failed is not None else None)
 
     def store_failed(self, problem: str | None) -> None:
