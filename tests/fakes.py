@@ -52,6 +52,7 @@ class FakeServices:
     policy: consent.Policy = field(default_factory=lambda: consent.Policy(timeout_ms=1000))
     objects: bool | Exception = False  # what the objection look-up answers (or raises)
     vault_ready: bool = True
+    store_problem: str | None = None
     handshake_timeout: float = 2.0
     language: str = "nl"
     prompt_id: str = "consent-nl"

@@ -346,6 +346,9 @@ def recordings_export(ctx: Context, recording_id, out, identity, case_ref, to_re
 # --- withdraw -------------------------------------------------------------------
 
 
+WITHDRAW_CLAIM_S = 5.0  # how long `withdraw` waits for a node to claim a live call on a PostgreSQL ledger
+
+
 @main.command()
 @click.argument("call_uuid")
 @pass_ctx
@@ -354,6 +357,8 @@ def withdraw(ctx: Context, call_uuid):
 
     Reaches the running server through its control socket (acts within a second on
     a live call); with no server running it deletes an ended call's recording itself.
+    With a PostgreSQL ledger (several nodes) it asks every node: the one holding the
+    call live withdraws it and says so; an ended call is withdrawn here.
     """
     from ..runtime.control import ControlError, request
     from ..store.holds import RecordingHeld
@@ -362,22 +367,62 @@ def withdraw(ctx: Context, call_uuid):
     config = ctx.config()
     socket_path = Path(config.storage.data_dir) / "control.sock"
     try:
-        reply = request(socket_path, {"op": "withdraw", "call_uuid": call_uuid, "actor": os_user()})
-    except ControlError as exc:
-        if "not running" not in str(exc):
-            raise click.ClickException(str(exc)) from None
-        try:
-            reply = withdraw_offline(ctx, call_uuid)
-        except RecordingHeld as exc:  # (a running server's refusal comes back through the socket)
-            raise click.ClickException(str(exc)) from None
+        if _cluster_ledger(config):
+            reply = withdraw_in_cluster(ctx, call_uuid)
+        else:
+            try:
+                reply = request(socket_path, {"op": "withdraw", "call_uuid": call_uuid, "actor": os_user()})
+            except ControlError as exc:
+                if "not running" not in str(exc):
+                    raise click.ClickException(str(exc)) from None
+                reply = withdraw_offline(ctx, call_uuid)
+    except RecordingHeld as exc:  # (a running server's refusal comes back through the socket)
+        raise click.ClickException(str(exc)) from None
     if not reply.get("ok"):
         raise click.ClickException(reply.get("error", "withdrawal failed"))
     where = "live call" if reply.get("live") else "ended call"
     deleted = reply.get("deleted")
     suffix = f"; deleted recordings: {', '.join(deleted) or 'none'}" if deleted is not None else ""
+    if reply.get("node"):
+        suffix += f"; by node {reply['node']} (pid {reply.get('pid')})"
     if reply.get("ledger") == "queued":
         suffix += "; the ledger is busy: the withdrawal is written to it as soon as it can take it"
     click.echo(f"withdrawn: {where} {call_uuid}{suffix}")
+
+
+def _cluster_ledger(config) -> bool:
+    from ..runtime.cluster import conninfo
+
+    return conninfo(config.storage.database) is not None
+
+
+def withdraw_in_cluster(ctx: Context, call_uuid: str) -> dict:
+    """A PostgreSQL ledger: a call whose row has not ended is live on some node; ask them all
+    (``runtime/cluster.py``). No node claiming it: its node is down (its recovery ends the
+    call); nothing is changed. An ended call is withdrawn here, its file in the shared store."""
+    from ..runtime import cluster
+    from ..store.ledger import os_user
+
+    ledger = ctx.ledger()
+
+    def open_rows() -> int:
+        return ledger.Call.select().where((ledger.Call.uuid == call_uuid) & ledger.Call.ended_at.is_null()).count()
+
+    if open_rows():
+        try:
+            reply = cluster.ask(ctx.config().storage.database,
+                                {"op": "withdraw", "call_uuid": call_uuid, "actor": os_user()},
+                                timeout=WITHDRAW_CLAIM_S)
+        except cluster.BusError as exc:
+            raise click.ClickException(f"{exc}; nothing was changed") from None
+        if reply is not None:
+            return reply
+        if open_rows():  # (a call that ended while we asked is withdrawn below, as an ended call)
+            raise click.ClickException(
+                f"call {call_uuid} has not ended, but no node holds it live (none answered within "
+                f"{WITHDRAW_CLAIM_S:g} s): its node is down or cut off from the ledger, and its recovery will "
+                "end the call when it starts again. Nothing was changed; run this again then.")
+    return withdraw_offline(ctx, call_uuid)
 
 
 def withdraw_offline(ctx: Context, call_uuid: str) -> dict:

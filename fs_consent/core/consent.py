@@ -729,16 +729,20 @@ IGNORED: dict[tuple[Phase, type], str] = _table(_IGNORED)
 # --- rules the server applies outside a call ------------------------------------
 
 
-def recording_note(*, objection: bool | None, can_seal: bool, ledger_healthy: bool) -> str | None:
+def recording_note(*, objection: bool | None, can_seal: bool, ledger_healthy: bool,
+                   store_writable: bool = True) -> str | None:
     """Why a call may not be recorded whatever the caller says (None: it may be).
 
     Fail closed for the recording: unknown whether the number objects, no recipient to
-    seal to, or a ledger that cannot take the consent facts now.
+    seal to, a store that cannot be written (full, read-only, unreachable), or a ledger
+    that cannot take the consent facts now.
     """
     if objection is None:
         return "objection-unknown"
     if not can_seal:
         return "no-recipient"
+    if not store_writable:
+        return "store-unwritable"
     if not ledger_healthy:
         return "ledger-unavailable"
     return None

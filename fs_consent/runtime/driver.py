@@ -100,6 +100,7 @@ class CallServices(Protocol):
     spool_dir: Path
     handshake_timeout: float
     vault_ready: bool  # a recipient to seal to
+    store_problem: str | None  # why the store cannot take a recording now (None: it can)
     language: str
     prompt_id: str
     prompt_version: str
@@ -285,9 +286,13 @@ class CallSession:
         self.facts.objection = self._objection()
         facts, policy, ctx = self.facts, self.ctx.policy, self.ctx
         facts.recording_note = consent.recording_note(objection=facts.objection, can_seal=ctx.vault_ready,
-                                                      ledger_healthy=ctx.writer.healthy)
+                                                      ledger_healthy=ctx.writer.healthy,
+                                                      store_writable=ctx.store_problem is None)
         if facts.recording_note == "ledger-unavailable":
             log.error("call %s: %s: the call goes on unrecorded", facts.uuid, ctx.writer.unhealthy_reason)
+        elif facts.recording_note == "store-unwritable":
+            log.error("call %s: the store cannot be written (%s): the call goes on unrecorded",
+                      facts.uuid, ctx.store_problem)
         ctx.writer.record(ledger_facts.CallOpened(
             instance=facts.instance, uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
             language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,

@@ -32,12 +32,12 @@ from ..privacy import objections
 from ..privacy.withdrawal import any_recent_recorded_call, recent_recorded_calls, withdraw_ended_call
 from ..secure import files, keys, spool
 from ..secure.protect import FieldProtector
-from ..secure.vault import Vault, VaultError, why
+from ..secure.vault import Vault, VaultError, probe_writable, why
 from ..store import audit, audit_actions, facts, holds, ledger, recordings
 from ..store.connection import close_database, open_database
 from ..store.ledger import Call, ConsentEvent, Recording
 from ..store.writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
-from . import notify
+from . import cluster, notify
 from .control import ControlServer
 from .driver import CallSession
 
@@ -50,6 +50,11 @@ SPOOL_QUIET_S = 10.0  # unwritten this long: FreeSWITCH has closed it (it writes
 SPOOL_SWEEP_S = 2.0
 GIL_SWITCH_S = 0.001  # a control request answers by then, whatever the ledger is doing
 OBJECTION_READ_TIMEOUT_S = 2.0  # no answer by then (a stuck database; a lock does not stop reads): not recorded
+STORE_PROBE_S = 2.0  # how often the store is probed for writing (and how soon a store that came back is used)
+STORE_PROBE_TIMEOUT_S = 5.0  # a probe not done by then (a hung NFS mount): the store counts as unwritable
+RECOVERY_ASK_S = 1.5  # at start-up, how long other nodes have to say which open calls they hold live
+CALLBACK_FOLLOW_UP_S = 2.0  # a callback refusal re-reads calls that were live elsewhere this often...
+CALLBACK_FOLLOW_UP_MAX_S = 4 * 3600.0  # ...until they end, for at most this long
 
 
 def policy_from_config(config) -> consent.Policy:
@@ -75,6 +80,9 @@ class ServerContext:
     announce: object = print  # first-start messages (generated keys), shown once
     registry: dict = field(default_factory=dict)  # live calls: instance -> CallSession
     seals: gevent.pool.Group = field(default_factory=gevent.pool.Group)
+    bus: cluster.ClusterBus | None = None  # other nodes on the same PostgreSQL ledger (None: SQLite, one node)
+    store_problem: str | None = None  # why the store cannot take a recording now (None: it can)
+    background: gevent.pool.Group = field(default_factory=gevent.pool.Group)  # the store probe, follow-ups
 
     def open(self) -> None:
         s = self.config.storage
@@ -95,6 +103,8 @@ class ServerContext:
         open_database(s.database, announce=self.announce)
         self.vault = Vault(Path(s.store_dir), recipients, workers=s.seal_workers)
         self.vault.start()
+        self.node = cluster.node_name(self.config)
+        self._probe_store()  # before the first call: a store that cannot be written records nothing
         journal = Path(s.data_dir) / JOURNAL_FILE
         replayed, last_seq = replay_journal(journal, self.vault)  # facts a crash left unwritten
         self.writer = LedgerWriter(journal, self.vault, first_seq=last_seq + 1)
@@ -116,10 +126,42 @@ class ServerContext:
         return self.writer.read(lambda: objections.objects(caller_hash), OBJECTION_READ_TIMEOUT_S)
 
     def close(self) -> None:
+        self.background.kill()
         self.seals.join(timeout=self.config.server.drain_seconds)
         self.writer.stop()
         self.vault.stop()
         close_database()
+
+    # --- the store ----------------------------------------------------------------
+
+    def watch_store(self) -> None:
+        """Probe the store now and then beside the calls (``store_problem``)."""
+        def watch():
+            while True:
+                gevent.sleep(STORE_PROBE_S)
+                self._probe_store()
+        self.background.spawn(watch)
+
+    def _probe_store(self) -> None:
+        """Write, fsync and remove a small file in the store, in a native thread (a shared mount
+        can hang): a node that cannot write there records nothing new until it can again."""
+        store = Path(self.config.storage.store_dir)
+        try:
+            failed = gevent.get_hub().threadpool.spawn(probe_writable, store).get(timeout=STORE_PROBE_TIMEOUT_S)
+        except gevent.Timeout:
+            failed = f"no answer within {STORE_PROBE_TIMEOUT_S:g} s"
+        except Exception as exc:  # noqa: BLE001 - whatever stops the probe stops new recordings
+            failed = exc
+        self.store_failed(failed if isinstance(failed, str) else why(failed) if failed is not None else None)
+
+    def store_failed(self, problem: str | None) -> None:
+        """Say (once per change) whether new calls may be recorded, and why not."""
+        before, self.store_problem = self.store_problem, problem
+        store = self.config.storage.store_dir
+        if problem and problem != before:
+            log.error("store %s cannot be written (%s): new calls go on unrecorded until it can", store, problem)
+        elif before and not problem:
+            log.warning("store %s can be written again: new calls are recorded", store)
 
     # --- recordings ---------------------------------------------------------------
 
@@ -147,6 +189,8 @@ class ServerContext:
                 if attempt == 0:
                     log.error("recording %s not sealed: %s; retrying while its plaintext waits in the spool",
                               recording_id, why(exc))
+                    if why(exc).endswith(" on store"):  # no new recording until the probe finds room again
+                        self.store_failed(why(exc))
                 gevent.sleep(min(SEAL_RETRY_MAX_S, SEAL_RETRY_FIRST_S * 2 ** attempt))
         if attempt:
             log.warning("recording %s sealed after %d retries", recording_id, attempt)
@@ -169,16 +213,37 @@ class ServerContext:
         up. :meth:`sweep_deferred` settles those once closed or quiet.
         """
         report = self._settle_spool(lambda write: write(), ready=self._settled)
+        elsewhere = self._held_elsewhere()
         # recordings the crash left unsettled whose plaintext is gone (not merely still being written)
         for rec in Recording.select().where(Recording.state == ledger.RECORDING):
-            if rec.id in report.deferred or self._mark_sealed_if_stored(rec):
+            if rec.id in report.deferred or rec.call.instance in elsewhere or self._mark_sealed_if_stored(rec):
                 continue
             if consent.recovery_keeps(rec.call.outcome, withdrawn=rec.call.withdrawn_at is not None):
                 recordings.not_sealed(rec.id, ledger.FAILED, "lost-in-crash")
             else:
                 recordings.record_deleted(rec.id, reason="recovery", outcome=rec.call.outcome)
-        self._end_interrupted_calls()
+        self._end_interrupted_calls(skip=elsewhere)
         return report
+
+    def _held_elsewhere(self) -> set[str]:
+        """The open calls another node holds live (their instances), asked over the bus: a
+        shared ledger's open calls are not all this node's, and recovery must leave those
+        alone. Nothing to ask with SQLite (one node) or when no call is open."""
+        url = self.config.storage.database
+        if cluster.conninfo(url) is None or not Call.select().where(Call.ended_at.is_null()).exists():
+            return set()
+        try:
+            answers = gevent.get_hub().threadpool.spawn(cluster.gather, url, {"op": "holding"},
+                                                        window=RECOVERY_ASK_S).get()
+        except cluster.BusError as exc:
+            log.error("recovery: could not ask the other nodes which calls they hold (%s): "
+                      "every open call is taken for one this node's crash left", exc)
+            return set()
+        held = {str(i) for answer in answers for i in answer.get("instances", [])}
+        if held:
+            log.info("recovery: %d open calls are live on %d other nodes and left to them", len(held),
+                     len({(a.get("node"), a.get("pid")) for a in answers}))
+        return held
 
     def sweep_deferred(self, deferred: list[str]) -> None:
         """Runs beside the calls: settle each deferred spool file once FreeSWITCH stopped writing it."""
@@ -248,12 +313,15 @@ class ServerContext:
         return recordings.sealed(rec.id, size=size, sha256=digest, recovered=True)
 
     @staticmethod
-    def _end_interrupted_calls() -> None:
-        """Every call the crash left open ends now; one still undecided ends ``error`` by
-        ``restart`` (it went on unrecorded: FreeSWITCH's fallback, or the caller hung up)."""
+    def _end_interrupted_calls(skip: set[str] = frozenset()) -> None:
+        """Every call the crash left open ends now (but those live on another node, ``skip``);
+        one still undecided ends ``error`` by ``restart`` (it went on unrecorded: FreeSWITCH's
+        fallback, or the caller hung up)."""
         now = ledger.utcnow()
         with ledger.database.atomic():
             for call in Call.select().where(Call.ended_at.is_null()):
+                if call.instance in skip:
+                    continue
                 changes = {"ended_at": now, "hangup_cause": RESTART_HANGUP_CAUSE}
                 if call.outcome is None:
                     changes.update(outcome=consent.ERROR, decided_by=consent.BY_RESTART, decided_at=now)
@@ -266,29 +334,109 @@ class ServerContext:
     # --- withdrawal ---------------------------------------------------------------
 
     def callback_withdrawal(self, caller_hash: str, refusing_call_uuid: str) -> None:
-        """A refusal withdraws consent for the same number's recent recorded calls (a live
-        call's machine withdraws only a consent that was given)."""
-        for session in list(self.registry.values()):
-            if session.facts.caller_hash == caller_hash and session.facts.uuid != refusing_call_uuid:
-                session.withdraw(consent.BY_CALLBACK)
+        """A refusal withdraws consent for the same number's recent recorded calls, wherever
+        they were made (a live call's machine withdraws only a consent that was given).
+
+        Live calls here are withdrawn by their drivers; live calls on other nodes by theirs,
+        told over the bus; ended calls here, in the ledger. A call that has not ended and is
+        not live here is live on another node (or its node is down): it is left to that node,
+        and read again until it ends, so that a node that missed the broadcast, or a call that
+        ended as it came, is withdrawn all the same once its row says it ended.
+        """
+        self.withdraw_live_from(caller_hash, refusing_call_uuid)
+        if self.bus is not None:
+            self.bus.publish({"op": "callback", "caller_hash": caller_hash, "exclude_uuid": refusing_call_uuid})
 
         live = {session.facts.uuid for session in self.registry.values()}
 
-        def write():
+        def write() -> list[int]:
+            elsewhere: list[int] = []
             if not any_recent_recorded_call(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
-                return  # the number has no recorded call in the window: nothing to withdraw or audit
+                return elsewhere  # the number has no recorded call in the window: nothing to withdraw or audit
             for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid):
-                if call.uuid not in live:
-                    withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",
-                                        spool_dir=self.spool_dir, vault=self.vault)
+                if call.uuid in live:
+                    continue
+                if call.ended_at is None:  # live on another node: withdrawn there
+                    elsewhere.append(call.id)
+                    continue
+                withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",
+                                    spool_dir=self.spool_dir, vault=self.vault)
             # under legal hold: not erased; the privacy officer can see the caller asked
             for call in recent_recorded_calls(caller_hash, self.callback_window, exclude_uuid=refusing_call_uuid,
                                               held=True):
                 ledger.append_audit("server", audit_actions.CONSENT_WITHDRAW_REFUSED, "call", call.uuid,
                                     by=consent.BY_CALLBACK, reason="legal-hold",
                                     holds=[h.id for h in holds.holds_on(r.id for r in call.recordings)])
+            return elsewhere
 
-        self.writer.submit(write)
+        def ended_calls() -> None:  # queued now, after the refusing call's facts; the answer awaited beside
+            elsewhere = self.writer.call(write, timeout=None)
+            if elsewhere:
+                self._follow_up_callback(elsewhere)
+
+        self.background.spawn(ended_calls)
+
+    def withdraw_live_from(self, caller_hash: str, refusing_call_uuid: str) -> int:
+        """Withdraw this node's live calls from the number, but the refusing one; how many."""
+        sessions = [s for s in list(self.registry.values())
+                    if s.facts.caller_hash == caller_hash and s.facts.uuid != refusing_call_uuid]
+        for session in sessions:
+            session.withdraw(consent.BY_CALLBACK)
+        return len(sessions)
+
+    def _follow_up_callback(self, call_ids: list[int]) -> None:
+        """Calls a callback refusal found live on another node: once each has ended, withdraw
+        it as an ended call if it still holds a recording with consent (nothing left to do if
+        its node withdrew it live: it is then ``withdrawn``)."""
+        waiting, deadline = set(call_ids), time.monotonic() + CALLBACK_FOLLOW_UP_MAX_S
+
+        def settle():
+            for call in Call.select().where(Call.id.in_(list(waiting)) & Call.ended_at.is_null(False)):
+                waiting.discard(call.id)
+                if call.outcome != consent.GRANTED:
+                    continue  # withdrawn live by its node, or never recorded with consent
+                try:
+                    withdraw_ended_call(call, by=consent.BY_CALLBACK, actor="server",
+                                        spool_dir=self.spool_dir, vault=self.vault)
+                except holds.RecordingHeld:  # held since: kept; the caller's request is in the trail
+                    ledger.append_audit("server", audit_actions.CONSENT_WITHDRAW_REFUSED, "call", call.uuid,
+                                        by=consent.BY_CALLBACK, reason="legal-hold",
+                                        holds=[h.id for h in holds.holds_on(r.id for r in call.recordings)])
+
+        while waiting and time.monotonic() < deadline:
+            gevent.sleep(CALLBACK_FOLLOW_UP_S)
+            try:
+                self.writer.call(settle, timeout=None)
+            except Exception as exc:  # noqa: BLE001 - the ledger refused this round: read again next time
+                log.warning("callback withdrawal: re-reading calls open elsewhere failed (%s)", type(exc).__name__)
+        if waiting:
+            log.error("callback withdrawal: %d calls still open on another node after %g h; not withdrawn",
+                      len(waiting), CALLBACK_FOLLOW_UP_MAX_S / 3600)
+
+    def handle_cluster(self, message: dict) -> None:
+        """A message from another node or a command (``cluster.py``), on the hub."""
+        op = message.get("op")
+        if op == "callback":
+            self.withdraw_live_from(str(message.get("caller_hash", "")), str(message.get("exclude_uuid", "")))
+        elif op == "withdraw":
+            call_uuid = str(message.get("call_uuid", ""))
+            if any(s.facts.uuid == call_uuid for s in self.registry.values()):
+                self.bus.reply(message, self._withdraw_live(call_uuid, str(message.get("actor", "unknown"))))
+        elif op == "holding":
+            instances = list(self.registry)
+            for start in range(0, len(instances), cluster.INSTANCES_PER_REPLY):
+                self.bus.reply(message, {"instances": instances[start:start + cluster.INSTANCES_PER_REPLY]})
+
+    def _withdraw_live(self, call_uuid: str, actor: str) -> dict:
+        """Withdraw this node's live sessions of the call: the recording is gone once this
+        returns; the ledger may be busy: the facts are queued in order and land when it can."""
+        sessions = [s for s in self.registry.values() if s.facts.uuid == call_uuid]
+        outcomes = [session.withdraw(consent.BY_COMMAND) for session in sessions]
+        node = {"node": self.node} if self.bus is not None else {}
+        self.writer.submit(lambda: ledger.append_audit(actor, audit_actions.CONSENT_WITHDRAW_REQUEST, "call",
+                                                       call_uuid, live=True, **node))
+        written = self.writer.flush(timeout=CONTROL_LEDGER_WAIT_S)
+        return {"ok": True, "live": True, "outcome": outcomes[-1], "ledger": "written" if written else "queued"}
 
     def handle_control(self, request: dict) -> dict:
         op = request.get("op")
@@ -298,20 +446,16 @@ class ServerContext:
             return {"ok": False, "error": f"unknown operation {op!r}"}
         call_uuid = str(request.get("call_uuid", ""))
         actor = str(request.get("actor", "unknown"))
-        sessions = [s for s in self.registry.values() if s.facts.uuid == call_uuid]
-        if sessions:
-            # the recording is gone once withdraw() returns; the ledger may be busy: the
-            # facts are queued in order and land when it can take them
-            outcomes = [session.withdraw(consent.BY_COMMAND) for session in sessions]
-            self.writer.submit(lambda: ledger.append_audit(actor, audit_actions.CONSENT_WITHDRAW_REQUEST, "call",
-                                                           call_uuid, live=True))
-            written = self.writer.flush(timeout=CONTROL_LEDGER_WAIT_S)
-            return {"ok": True, "live": True, "outcome": outcomes[-1], "ledger": "written" if written else "queued"}
+        if any(s.facts.uuid == call_uuid for s in self.registry.values()):
+            return self._withdraw_live(call_uuid, actor)
 
         def write():
             call = Call.select().where(Call.uuid == call_uuid).order_by(Call.id.desc()).first()
             if call is None:
                 return {"ok": False, "error": f"unknown call {call_uuid}"}
+            if call.ended_at is None and self.bus is not None:  # live on another node: the bus reaches it
+                return {"ok": False, "error": f"call {call_uuid} is not live on this node ({self.node}); "
+                        "fs-consent withdraw asks every node"}
             try:
                 deleted = withdraw_ended_call(call, by=consent.BY_COMMAND, actor=actor,
                                               spool_dir=self.spool_dir, vault=self.vault)
@@ -370,6 +514,10 @@ class ConsentServer:
                      len(report.deleted), len(report.deferred))
         self.control = ControlServer(Path(self.config.storage.data_dir) / "control.sock", self.ctx.handle_control)
         self.control.start()
+        if cluster.conninfo(self.config.storage.database) is not None:  # other nodes may share this ledger
+            self.ctx.bus = cluster.ClusterBus(self.config.storage.database, self.ctx.node, self.ctx.handle_cluster)
+            self.ctx.bus.start()
+        self.ctx.watch_store()
         backlog = self.config.server.backlog  # a burst of calls waits in the kernel, never dropped unseen
         if backlog > (cap := somaxconn() or backlog):
             log.warning("server.backlog %d is capped by the kernel to %d (sysctl net.core.somaxconn)", backlog, cap)
@@ -449,6 +597,8 @@ class ConsentServer:
             self.listener.stop(timeout=1)
         if self.control is not None:
             self.control.stop()
+        if self.ctx.bus is not None:
+            self.ctx.bus.stop()
         if self.checkpointer is not None:  # a last checkpoint: the whole trail is signed at shutdown
             self.ctx.seals.join(timeout=self.config.server.drain_seconds)  # (seals append entries too)
             self.checkpointer.stop()

@@ -1,5 +1,10 @@
 """The store of sealed recordings: ``<store>/<recording_id>.age``, age v1 to the recipients.
 
+The store may be a directory shared by several nodes (NFS or another POSIX file system):
+a recording id is a random uuid4 (122 random bits, drawn by the node that records), so
+two nodes never name a file alike, and each seal writes ``<id>.age.tmp`` and renames it
+over nothing; deleting a recording on any node unlinks its one file there.
+
 Sealing runs in worker processes (``seal_worker``) because pyrage holds the GIL for a
 whole file; :meth:`Vault.seal` only waits on a pipe, so it blocks the calling greenlet
 and nothing else. Opening (:meth:`Vault.decrypt_to`) is for the CLI and runs in-process.
@@ -51,7 +56,8 @@ def probe_writable(directory: Path, size: int = 4096) -> OSError | None:
     except OSError as exc:
         return exc
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to remove on a read-only file system (EROFS)
+            probe.unlink(missing_ok=True)
     return None
 
 _BUFFER = 1 << 20

@@ -552,12 +552,14 @@ def test_a_callback_withdraws_only_a_consent_that_was_given(answer, expected):
     assert c.Decide(c.WITHDRAWN, c.BY_CALLBACK).kind == "withdrawal" and c.Decide(c.GRANTED, "x").kind == "decision"
 
 
-@pytest.mark.parametrize("objection, can_seal, healthy, note", [
-    (False, True, True, None), (None, True, True, "objection-unknown"), (True, True, True, None),
-    (False, False, True, "no-recipient"), (False, True, False, "ledger-unavailable"),
+@pytest.mark.parametrize("objection, can_seal, healthy, store, note", [
+    (False, True, True, True, None), (None, True, True, True, "objection-unknown"), (True, True, True, True, None),
+    (False, False, True, True, "no-recipient"), (False, True, False, True, "ledger-unavailable"),
+    (False, True, True, False, "store-unwritable"), (False, True, False, False, "store-unwritable"),
 ])
-def test_the_reason_a_call_may_not_be_recorded(objection, can_seal, healthy, note):
-    assert c.recording_note(objection=objection, can_seal=can_seal, ledger_healthy=healthy) == note
+def test_the_reason_a_call_may_not_be_recorded(objection, can_seal, healthy, store, note):
+    assert c.recording_note(objection=objection, can_seal=can_seal, ledger_healthy=healthy,
+                            store_writable=store) == note
 
 
 def test_recovery_seals_only_with_consent_never_withdrawn():

@@ -259,9 +259,11 @@ def test_a_full_store_keeps_the_plaintext_waiting_then_seals_it_when_space_retur
     store = small_fs("store", "1m")
     h = harness(tmp_path / "data", store_dir=store)
     with h:
-        filler = fill(store)
         with caplog.at_level(logging.ERROR, logger="fs_consent"):
-            result = h.emulator.place_call(silence(), timeout=30)
+            call = gevent.spawn(h.emulator.place_call, silence(talk_seconds=1.0), timeout=30)
+            wait_for(lambda: h.spool_files(), timeout=20)  # recording: the store fills up under it
+            filler = fill(store)
+            result = call.get(timeout=30)
             wait_for(lambda: "ENOSPC on store" in caplog.text, timeout=20)
         (path, info), = result.recordings.items()
         rid = Path(path).stem
@@ -279,6 +281,42 @@ def test_a_full_store_keeps_the_plaintext_waiting_then_seals_it_when_space_retur
         assert h.recordings_of(result.uuid)[0].state == ledger.SEALED
         assert sha256(age_decrypt(h.identity, store / f"{rid}.age")) == info.sha256
         assert os.listdir(store) == [f"{rid}.age"]
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_store_that_cannot_be_written_records_nothing_new_says_why_and_records_again_once_it_can(
+        tmp_path, small_fs, caplog, fault):
+    """A node whose store (a shared mount) cannot take a file records no new call: each
+    goes on into the menu unrecorded, the ledger says why, the log names the cause; once
+    the store can be written again, the next call is recorded."""
+    store = small_fs("store", "1m")
+    h = harness(tmp_path / "data", store_dir=store)
+    with h:
+        if fault == "full":
+            filler = fill(store)
+        else:
+            remount = subprocess.run(["mount", "-o", "remount,ro", str(store)], capture_output=True, text=True)
+            assert remount.returncode == 0, remount.stderr
+        cause = "ENOSPC on store" if fault == "full" else "EROFS on store"
+        with caplog.at_level(logging.ERROR, logger="fs_consent"):
+            wait_for(lambda: f"cannot be written ({cause})" in caplog.text, timeout=10)  # the probe found it
+            unrecorded = h.call(digits=[None])
+        assert "record_session" not in [app for app, _ in unrecorded.executed] and unrecorded.recordings == {}
+        assert [app for app, _ in unrecorded.executed][-1] == "execute_extension"
+        assert h.call_row(unrecorded.uuid).recording_note == "store-unwritable"
+        assert h.recordings_of(unrecorded.uuid) == [] and h.spool_files() == []
+        assert f"call {unrecorded.uuid}: the store cannot be written ({cause})" in caplog.text
+
+        if fault == "full":
+            filler.unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(store)], check=True, capture_output=True)
+        with caplog.at_level(logging.WARNING, logger="fs_consent"):
+            wait_for(lambda: "can be written again" in caplog.text, timeout=10)
+        recorded = h.call(digits=[None])
+        (rec,) = h.recordings_of(recorded.uuid)
+        assert rec.state == ledger.SEALED and h.store_files() == [f"{rec.id}.age"]
+        assert h.call_row(recorded.uuid).recording_note is None
 
 
 # --- killed while the ledger is locked, restarted before it is free (found by scripts/soak.py) ------

@@ -15,7 +15,8 @@ def context_over(services: FakeServices) -> tuple[ServerContext, list]:
     submitted = []
     ctx = ServerContext(config=None)
     ctx.registry = services.registry
-    ctx.writer = SimpleNamespace(submit=submitted.append, flush=lambda timeout: True)
+    ctx.writer = SimpleNamespace(submit=submitted.append, flush=lambda timeout: True,
+                                 call=lambda write, timeout: submitted.append(write))
     return ctx, submitted
 
 
@@ -31,6 +32,7 @@ def test_a_callback_withdraws_the_live_calls_of_the_number_that_gave_consent(tmp
     ctx.callback_withdrawal(granted.facts.caller_hash, "the-refusing-call")
     assert (granted.machine.outcome, granted.machine.decided_by) == (consent.WITHDRAWN, consent.BY_CALLBACK)
     assert undecided.machine.outcome is None and other.machine.outcome == consent.GRANTED
+    ctx.background.join()
     assert len(submitted) == 1  # the ended calls' part runs in the ledger's thread
     for fs in (fs1, fs2, fs3):
         fs.close()
