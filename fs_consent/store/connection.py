@@ -46,6 +46,11 @@ class PooledLedgerDatabase(PostgresqlDatabase):
         self._pool_lock = threading.Lock()
         self.main_thread_checkouts = 0  # connections taken on the main thread (the gevent hub's): start-up only
         super().__init__(url, prefer_psycopg3=True, **kwargs)
+        # peewee holds one lock for every thread's connect and close, and _connect waits for a
+        # free pooled connection inside it: a thread waiting there would keep the others from
+        # giving theirs back (a deadlock until the wait times out). The state it guards is
+        # per thread (peewee's thread-local connection), so each thread gets a lock of its own.
+        self._lock = _ThreadLock()
 
     def _ledger_pool(self):
         with self._pool_lock:
@@ -76,6 +81,17 @@ class PooledLedgerDatabase(PostgresqlDatabase):
         else:
             pool.putconn(conn)  # discarded and replaced by the pool if it came back broken
 
+    def check_pool(self) -> None:
+        """After a lost connection: the idle ones were most likely lost with it (a restarted
+        server, terminated backends, a cut network). Test each (a round trip) and replace the
+        dead, so the retry gets a live one instead of the next corpse."""
+        pool = self._pool
+        if pool is not None and not pool.closed:
+            try:
+                pool.check()
+            except Exception:  # noqa: BLE001 - the server is away: the retry says so
+                pass
+
     def stats(self) -> dict:
         """psycopg_pool's counters (pool_size, pool_available, requests_waiting, connections_lost, ...)."""
         return {} if self._pool is None else self._pool.get_stats()
@@ -85,6 +101,19 @@ class PooledLedgerDatabase(PostgresqlDatabase):
             if self._pool is not None:
                 self._pool.close(timeout=5)
                 self._pool = None
+
+
+class _ThreadLock(threading.local):
+    """A lock per thread, for peewee's ``connect``/``close`` (see PooledLedgerDatabase)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def __enter__(self):
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
 
 
 def _autocommit(conn) -> None:
@@ -112,6 +141,8 @@ def reset_connection() -> None:
             db._close(conn)
         except Exception:  # noqa: BLE001 - a broken connection may refuse even this
             pass
+    if isinstance(db, PooledLedgerDatabase):
+        db.check_pool()
 
 
 def sqlite_url(path: Path) -> str:

@@ -320,9 +320,11 @@ class LedgerWriter:
     def read(self, query: Callable[[], object], timeout: float):
         """Run a read the call path needs now, off the hub; LedgerUnavailable past ``timeout``."""
         try:
-            return self._reader.spawn(_read, query).get(timeout=timeout)
+            value, error = self._reader.spawn(_read, query).get(timeout=timeout)
         except gevent.Timeout:
             raise LedgerUnavailable(f"no answer within {timeout:g} s") from None
+        _raise(error)
+        return value
 
     # --- the database thread --------------------------------------------------------
 
@@ -428,23 +430,26 @@ def _nothing() -> None:
     return None
 
 
-def _read(query: Callable[[], object]):
-    """Runs in a reader thread. On PostgreSQL the thread takes a pooled connection for the
-    read and gives it back (so ``pool_size - 1`` readers share what the writer leaves); a
-    connection found broken (a backend terminated while it sat in the pool) is dropped and
-    the read tried once more on a fresh one."""
-    if not pooled():
-        return query()
+def _read(query: Callable[[], object]) -> tuple[object, Exception | None]:
+    """Runs in a reader thread; returns (value, error), as ``_write_batch`` does.
+
+    On PostgreSQL the thread takes a pooled connection for the read and gives it back (so
+    ``pool_size - 1`` readers share what the writer leaves); a connection found broken (a
+    backend terminated while it sat in the pool) is dropped and the read tried once more on
+    a fresh one."""
     try:
-        for attempt in (0, 1):
+        if not pooled():
+            return query(), None
+        try:
             try:
-                return query()
+                return query(), None
             except UNAVAILABLE:
                 reset_connection()
-                if attempt:
-                    raise
-    finally:
-        close_database()
+                return query(), None
+        finally:
+            close_database()
+    except Exception as exc:  # noqa: BLE001 - raised again on the hub, by read()
+        return None, exc
 
 
 class _FactWrite:
