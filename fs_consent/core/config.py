@@ -92,8 +92,9 @@ class StorageConfig:
     keys_dir: Path
     database: str
     seal_workers: int
-    # the most connections the server opens to the ledger: one for the writer, the rest shared
-    # by pool_size - 1 reader threads (the call path's reads: objection look-ups)
+    # PostgreSQL: the most connections the server opens to the ledger: one for the writer, the
+    # rest shared by pool_size - 1 reader threads (the call path's reads: objection look-ups);
+    # SQLite has one writer and one reader thread whatever it says
     pool_size: int
 
 

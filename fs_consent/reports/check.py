@@ -338,9 +338,10 @@ def check_database(config) -> Check:
         return Check("database", WARN, f"{shown} has schema version {version} (this fs-consent: {current}): "
                                        "it will be upgraded on the next start")
     n = config.storage.pool_size
-    pool = f"; the server opens at most {n} connections (storage.pool_size: 1 writer, {n - 1} readers)"
+    pool = ""
     if limit is not None:
-        pool += f", the PostgreSQL server allows {limit} in all"
+        pool = (f"; the server opens at most {n} connections (storage.pool_size: 1 writer, {n - 1} readers), "
+                f"the PostgreSQL server allows {limit} in all")
     return Check("database", OK, f"{shown} schema version {version}{pool}")
 
 

@@ -34,7 +34,7 @@ from ..secure import files, keys, spool
 from ..secure.protect import FieldProtector
 from ..secure.vault import Vault, VaultError, why
 from ..store import audit, audit_actions, facts, holds, ledger, recordings
-from ..store.connection import close_database, open_database, shutdown_database
+from ..store.connection import close_database, open_database, pooled, shutdown_database
 from ..store.ledger import Call, ConsentEvent, Recording
 from ..store.writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
 from . import notify
@@ -97,7 +97,10 @@ class ServerContext:
         self.vault.start()
         journal = Path(s.data_dir) / JOURNAL_FILE
         replayed, last_seq = replay_journal(journal, self.vault)  # facts a crash left unwritten
-        self.writer = LedgerWriter(journal, self.vault, first_seq=last_seq + 1, readers=s.pool_size - 1)
+        # reader threads: on PostgreSQL pool_size - 1, each read waiting on the network; SQLite answers the
+        # call path's reads in microseconds, so one thread, which contends least with the hub for the GIL
+        readers = s.pool_size - 1 if pooled() else 1
+        self.writer = LedgerWriter(journal, self.vault, first_seq=last_seq + 1, readers=readers)
         self.writer.start()
         self.policy = policy_from_config(self.config)
         c = self.config.consent
