@@ -73,3 +73,25 @@ def test_a_thread_waiting_for_a_connection_does_not_keep_the_others_from_giving_
         t.join(timeout=15)
     assert got and waited_after_release < 1.0, waited_after_release
     assert backends(pool_of_two.url) <= 2
+
+
+def test_check_names_the_pool_beside_the_servers_max_connections(tmp_path):
+    """An operator sizing a shared PostgreSQL reads what each node may open from ``check``."""
+    from dataclasses import replace
+
+    from fs_consent.core.config import load_config
+    from fs_consent.reports.check import OK, check_database
+    from fs_consent.store.connection import close_database
+
+    db = harness.TestDatabase()
+    try:
+        open_database(db.url)
+        close_database()
+        config = load_config(None, data_dir=tmp_path, env={"HOME": str(tmp_path)})
+        config = replace(config, storage=replace(config.storage, database=db.url, pool_size=6))
+        result = check_database(config)
+        assert result.status == OK, result
+        assert "at most 6 connections (storage.pool_size: 1 writer, 5 readers)" in result.detail
+        assert "the PostgreSQL server allows" in result.detail
+    finally:
+        db.drop()
