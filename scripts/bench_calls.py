@@ -18,6 +18,15 @@ core busy with another process; ``--lock-ledger S`` holds the ledger's write loc
 from another process for S seconds in the middle of the run (prompt start is then
 also given for the calls that arrived during the lock).
 
+``--database postgresql://USER:PASS@127.0.0.1/postgres`` (or FS_CONSENT_BENCH_DATABASE, as
+``tox -e bench`` passes it) adds a cluster run after the single-node SQLite one, in the same
+run: ``--nodes`` (default 2) ``fs-consent serve`` processes sharing one PostgreSQL database
+(created for the run on that server, dropped after) and one store and keys directory, each
+with its own data dir and spool, the calls spread over them in turn; the same calls, rate
+and talk, so with the defaults each node holds ~500 live calls. It also prints the peak
+number of PostgreSQL connections to that database (pg_stat_activity, sampled every 0.1 s,
+the poller's own excluded).
+
 Everything talks to 127.0.0.1 and stops by itself.
 """
 
@@ -94,11 +103,13 @@ class Server:
         self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         self.port = port
         if ready_line:
+            said = collections.deque(maxlen=5)
             for line in self.proc.stderr:
                 if ready_line in line:
                     break
+                said.append(line)
             else:
-                raise SystemExit(f"server did not start: {self.proc.wait()}")
+                raise SystemExit(f"server did not start: {self.proc.wait()}: {''.join(said)}")
             # keep reading what it logs (as journald would): a full pipe would stop its event loop
             self.log_lines = collections.Counter()
             threading.Thread(target=self._drain, daemon=True).start()
@@ -158,11 +169,23 @@ class Run:
     peak_rss: int = 0
     leftovers: int = 0
     hung_up: dict = field(default_factory=dict)  # uuid -> wall clock of the caller's hang-up
+    db_connections: int | None = None  # peak PostgreSQL connections to the ledger's database
+
+
+@dataclass
+class Target:
+    """One server the calls go to: its port, spool and control socket."""
+
+    port: int
+    spool: Path
+    control_socket: Path | None
 
 
 class LedgerPoller:
     """Reads the server's SQLite ledger (read-only) every ``period`` s: when each call's
     outcome and end first appear. Runs its reads in a native thread, not on this hub."""
+
+    ERRORS: tuple = (sqlite3.Error,)
 
     def __init__(self, db: Path, period: float = 0.1):
         self.db, self.period, self.seen = db, period, {}
@@ -181,7 +204,7 @@ class LedgerPoller:
         while True:
             try:
                 uuids = self._pool.apply(self._read)
-            except sqlite3.Error:
+            except self.ERRORS:
                 uuids = []
             now = time.time()
             for u in uuids:
@@ -193,6 +216,29 @@ class LedgerPoller:
         while expected and not expected <= set(self.seen) and time.time() < deadline:
             gevent.sleep(self.period)
         self._greenlet.kill()
+
+
+class PostgresPoller(LedgerPoller):
+    """The same on a PostgreSQL ledger, and the peak count of connections to its database."""
+
+    def __init__(self, url: str, period: float = 0.1):
+        import psycopg
+
+        self.ERRORS = (psycopg.Error,)
+        self.url, self.peak_connections = url, 0
+        self._conn = psycopg.connect(url, autocommit=True)
+        super().__init__(Path("-"), period)
+
+    def _read(self) -> list[str]:
+        (count,) = self._conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND pid <> pg_backend_pid()").fetchone()
+        self.peak_connections = max(self.peak_connections, count)
+        return [row[0] for row in self._conn.execute(
+            "SELECT uuid FROM call WHERE outcome IS NOT NULL AND ended_at IS NOT NULL")]
+
+    def stop(self, settle: float = 10.0, expected: set | None = None) -> None:
+        super().stop(settle, expected)
+        self._conn.close()
 
 
 class LedgerLock:
@@ -214,21 +260,23 @@ def busy_core() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def drive(port: int, spool: Path, run: Run, *, calls: int, rate: float, talk: float, withdraw_every: int,
-          control_socket: Path | None, chaos, ledger_db: Path | None, lock_seconds: float):
-    """Calls arrive at ``rate`` per second (evenly spaced, like a steady queue), each talks ``talk`` s."""
-    emulator = FreeSwitchEmulator("127.0.0.1", port, spool_dir=spool, time_scale=0.1, linger_timeout=10,
-                                  chaos=chaos)
+def drive(targets: list[Target], run: Run, *, calls: int, rate: float, talk: float, withdraw_every: int,
+          chaos, ledger_db: Path | None = None, lock_seconds: float = 0.0, ledger_url: str | None = None):
+    """Calls arrive at ``rate`` per second (evenly spaced, like a steady queue), each talks ``talk`` s;
+    call i goes to ``targets[i % len(targets)]``."""
+    emulators = [FreeSwitchEmulator("127.0.0.1", t.port, spool_dir=t.spool, time_scale=0.1, linger_timeout=10,
+                                    chaos=chaos) for t in targets]
     live = [0]
     lock: list[LedgerLock] = []
 
     def one(i: int):
+        target, emulator = targets[i % len(targets)], emulators[i % len(targets)]
         digit = "1" if i % 5 == 0 else None  # one caller in five refuses
         call_uuid = str(uuid.uuid4())
         script = CallerScript(caller_number=f"06{20000000 + i:08d}", digits=[digit], talk_seconds=talk)
         watcher = None
-        if control_socket is not None and digit is None and i % withdraw_every == 1:
-            watcher = gevent.spawn(withdraw_when_recording, call_uuid)
+        if target.control_socket is not None and digit is None and i % withdraw_every == 1:
+            watcher = gevent.spawn(withdraw_when_recording, call_uuid, target.spool, target.control_socket)
         arrived = time.time()
         live[0] += 1
         run.peak_live = max(run.peak_live, live[0])
@@ -254,7 +302,7 @@ def drive(port: int, spool: Path, run: Run, *, calls: int, rate: float, talk: fl
         if watcher is not None:
             watcher.join(timeout=5)
 
-    def withdraw_when_recording(call_uuid: str):
+    def withdraw_when_recording(call_uuid: str, spool: Path, control_socket: Path):
         started = time.time()
         while time.time() - started < talk + 30:
             if list(spool.glob("*.wav")):
@@ -268,7 +316,8 @@ def drive(port: int, spool: Path, run: Run, *, calls: int, rate: float, talk: fl
         if reply.get("ok") and reply.get("live"):
             run.withdrawals.append(time.perf_counter() - t0)
 
-    poller = LedgerPoller(ledger_db) if ledger_db is not None else None
+    poller = (PostgresPoller(ledger_url) if ledger_url is not None
+              else LedgerPoller(ledger_db) if ledger_db is not None else None)
     group = gevent.pool.Group()
     started = time.perf_counter()
     for i in range(calls):
@@ -285,8 +334,47 @@ def drive(port: int, spool: Path, run: Run, *, calls: int, rate: float, talk: fl
                 run.ledger_lag.append(max(0.0, poller.seen[call_uuid] - hung_up))
             else:
                 run.missing_in_ledger += 1
+        if isinstance(poller, PostgresPoller):
+            run.db_connections = poller.peak_connections
     if lock:
         lock[0].proc.wait(timeout=lock_seconds + 30)
+
+
+def cluster_run(root: Path, args, chaos) -> Run:
+    """``args.nodes`` servers on one PostgreSQL database, one store and keys dir; see the docstring."""
+    import psycopg
+
+    name = f"fsc_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(args.database, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = args.database.rsplit("/", 1)[0] + "/" + name
+    run = Run(f"{args.nodes} nodes PostgreSQL")
+    servers: list[Server] = []
+    try:
+        targets = []
+        for n in range(1, args.nodes + 1):  # one after the other: the first creates the schema and the keys
+            data = root / f"node{n}"
+            data.mkdir(mode=0o700, parents=True)
+            config = data / "config.toml"
+            pool = f"pool_size = {args.pool_size}\n" if args.pool_size else ""
+            config.write_text(f'[server]\nmax_calls = 5000\n[storage]\ndatabase = "{url}"\n'
+                              f'store_dir = "{root / "store"}"\nkeys_dir = "{root / "keys"}"\n{pool}')
+            port = free_port()
+            env = {**os.environ, "FS_CONSENT_DATA_DIR": str(data)}
+            servers.append(Server([sys.executable, "-m", "fs_consent.cli", "--config", str(config), "serve",
+                                   "--listen", f"127.0.0.1:{port}", "--log-level", "warning"], env,
+                                  "fs-consent listening on", port))
+            targets.append(Target(port, data / "spool", data / "control.sock"))
+        drive(targets, run, calls=args.calls, rate=args.rate, talk=args.talk, withdraw_every=args.withdraw_every,
+              chaos=chaos, ledger_url=url)
+    finally:
+        for server in servers:
+            server.stop()
+        with psycopg.connect(args.database, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    run.peak_rss = max(server.peak_rss for server in servers)  # per node
+    run.leftovers = sum(len(list(t.spool.iterdir())) for t in targets)
+    return run
 
 
 def fmt_ms(values: list[float], p: float) -> str:
@@ -307,6 +395,13 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--lock-ledger", type=float, default=0.0, metavar="S",
                         help="hold the ledger's write lock from another process for S seconds, a third into the run")
+    parser.add_argument("--database", default=os.environ.get("FS_CONSENT_BENCH_DATABASE") or None, metavar="URL",
+                        help="a PostgreSQL server (postgresql://user:pass@127.0.0.1:5432/postgres; default "
+                             "$FS_CONSENT_BENCH_DATABASE): add a run of --nodes servers sharing a ledger database "
+                             "created there for the run")
+    parser.add_argument("--nodes", type=int, default=2, help="servers in the PostgreSQL run (default 2)")
+    parser.add_argument("--pool-size", type=int, default=None, help="storage.pool_size of each node (default: its "
+                        "default)")
     args = parser.parse_args()
 
     import resource
@@ -329,8 +424,8 @@ def main() -> None:
                              f"127.0.0.1:{port}", "--log-level", "warning"], env, "fs-consent listening on", port)
             ours = Run("fs-consent")
             try:
-                drive(port, data / "spool", ours, calls=args.calls, rate=args.rate, talk=args.talk,
-                      withdraw_every=args.withdraw_every, control_socket=data / "control.sock", chaos=chaos,
+                drive([Target(port, data / "spool", data / "control.sock")], ours, calls=args.calls, rate=args.rate,
+                      talk=args.talk, withdraw_every=args.withdraw_every, chaos=chaos,
                       ledger_db=data / "ledger.db", lock_seconds=args.lock_ledger)
             finally:
                 server.stop()
@@ -347,13 +442,15 @@ def main() -> None:
                               port)
                 theirs = Run("bare greenswitch")
                 try:
-                    drive(port, peer_spool, theirs, calls=args.calls, rate=args.rate, talk=args.talk,
-                          withdraw_every=args.withdraw_every, control_socket=None, chaos=chaos, ledger_db=None,
-                          lock_seconds=0.0)
+                    drive([Target(port, peer_spool, None)], theirs, calls=args.calls, rate=args.rate, talk=args.talk,
+                          withdraw_every=args.withdraw_every, chaos=chaos)
                 finally:
                     peer.stop()
                 theirs.peak_rss = peer.peak_rss
                 runs.append(theirs)
+
+            if args.database:
+                runs.append(cluster_run(tmp / "cluster", args, chaos))
     finally:
         if burner is not None:
             burner.kill()
@@ -362,24 +459,26 @@ def main() -> None:
           f"{', one kept busy by another process' if args.busy else ''}; one caller in five refuses; every "
           f"{args.withdraw_every}th is withdrawn mid-call; wire {chaos.describe()}"
           f"{f'; ledger locked {args.lock_ledger:g} s a third into the run' if args.lock_ledger else ''}")
-    print(f"{'server':17} {'calls/s':>7} {'live':>5} {'err':>4} {'drops':>5} {'RSS MB':>7} {'dec p50':>7} "
+    print(f"{'server':22} {'calls/s':>7} {'live':>5} {'err':>4} {'drops':>5} {'RSS MB':>7} {'dec p50':>7} "
           f"{'dec p99':>7} {'handled':>7} {'prompt p50':>10} {'prompt p99':>10} {'wd p50':>6} {'wd p99':>6} {'lag p50':>7} "
-          f"{'lag p99':>7} {'unledgered':>10} {'spool':>5}")
+          f"{'lag p99':>7} {'unledgered':>10} {'spool':>5} {'pg conns':>8}")
     for r in runs:
-        print(f"{r.name:17} {args.calls / r.wall:7.1f} {r.peak_live:5d} {len(r.errors):4d} {r.drops:5d} "
+        print(f"{r.name:22} {args.calls / r.wall:7.1f} {r.peak_live:5d} {len(r.errors):4d} {r.drops:5d} "
               f"{r.peak_rss / 2**20:7.1f} {fmt_ms(r.decisions, 50):>7} {fmt_ms(r.decisions, 99):>7} "
               f"{fmt_ms(r.decisions_handled, 99):>7} "
               f"{fmt_ms(r.prompt_starts, 50):>10} {fmt_ms(r.prompt_starts, 99):>10} {fmt_ms(r.withdrawals, 50):>6} "
               f"{fmt_ms(r.withdrawals, 99):>6} {fmt_ms(r.ledger_lag, 50):>7} {fmt_ms(r.ledger_lag, 99):>7} "
-              f"{r.missing_in_ledger if r.name == 'fs-consent' else '-':>10} {r.leftovers:5d}")
+              f"{r.missing_in_ledger if r.name != 'bare greenswitch' else '-':>10} {r.leftovers:5d} "
+              f"{'-' if r.db_connections is None else r.db_connections:>8}")
         for error in sorted(set(r.errors))[:5]:
             print(f"  error: {error}")
     if args.lock_ledger:
         locked = runs[0].prompt_starts_locked
         print(f"prompt start of the {len(locked)} calls that arrived while the ledger was locked: "
               f"p50 {fmt_ms(locked, 50)} ms, p99 {fmt_ms(locked, 99)} ms")
-    if len(runs) == 2 and runs[0].decisions and runs[1].decisions:
-        ours, peer = runs
+    peers = [r for r in runs if r.name == "bare greenswitch"]
+    if peers and runs[0].decisions and peers[0].decisions:
+        ours, peer = runs[0], peers[0]
         print(f"ratio fs-consent / greenswitch: calls/s {peer.wall / ours.wall:.2f}, decision p99 "
               f"{percentile(ours.decisions, 99) / percentile(peer.decisions, 99):.2f}, prompt start p99 "
               f"{percentile(ours.prompt_starts, 99) / percentile(peer.prompt_starts, 99):.2f}")
@@ -387,7 +486,8 @@ def main() -> None:
           "that completed it); handled = dec p99 up to when the emulator handled it (after what came in front of "
           "it in that read); prompt = connection -> the prompt's command arriving; wd = withdrawal request -> plaintext gone (the control socket answers after the "
           "unlink); lag = caller's hang-up -> outcome and end in the ledger (polled every 0.1 s); drops = calls "
-          "let go before the prompt; unledgered = hung-up calls whose outcome never reached the ledger")
+          "let go before the prompt; unledgered = hung-up calls whose outcome never reached the ledger; pg conns = "
+          "peak PostgreSQL connections to the ledger's database, all nodes")
 
 
 if __name__ == "__main__":

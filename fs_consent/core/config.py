@@ -92,6 +92,10 @@ class StorageConfig:
     keys_dir: Path
     database: str
     seal_workers: int
+    # PostgreSQL: the most connections the server opens to the ledger: one for the writer, the
+    # rest shared by pool_size - 1 reader threads (the call path's reads: objection look-ups);
+    # SQLite has one writer and one reader thread whatever it says
+    pool_size: int
 
 
 @dataclass(frozen=True)
@@ -642,6 +646,7 @@ _SCHEMA: dict = {
             _database, lambda data_dir: f"sqlite:///{data_dir}/ledger.db", _show_database
         ),
         "seal_workers": _Key(_integer(1, 64), 2),
+        "pool_size": _Key(_integer(2, 64), 4),
     },
     "consent": {
         "mode": _Key(_choice("opt-out", "opt-in"), "opt-out"),

@@ -319,6 +319,7 @@ def check_database(config) -> Check:
             return Check("database", FAIL, f"cannot connect to {shown}: {_first_line(exc)}")
         version = read_schema_version(db)
         tables = db.get_tables()
+        limit = None if url.startswith("sqlite") else db.execute_sql("SHOW max_connections").fetchone()[0]
     except SchemaError as exc:
         return Check("database", FAIL, f"{shown}: {_first_line(exc)}")
     except (PeeweeException, ValueError) as exc:
@@ -336,7 +337,12 @@ def check_database(config) -> Check:
     if version < current:
         return Check("database", WARN, f"{shown} has schema version {version} (this fs-consent: {current}): "
                                        "it will be upgraded on the next start")
-    return Check("database", OK, f"{shown} schema version {version}")
+    n = config.storage.pool_size
+    pool = ""
+    if limit is not None:
+        pool = (f"; the server opens at most {n} connections (storage.pool_size: 1 writer, {n - 1} readers), "
+                f"the PostgreSQL server allows {limit} in all")
+    return Check("database", OK, f"{shown} schema version {version}{pool}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ from ..secure import files, keys, spool
 from ..secure.protect import FieldProtector
 from ..secure.vault import Vault, VaultError, probe_writable, why
 from ..store import audit, audit_actions, facts, holds, ledger, recordings
-from ..store.connection import close_database, open_database
+from ..store.connection import close_database, open_database, pooled, shutdown_database
 from ..store.ledger import Call, ConsentEvent, Recording
 from ..store.writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
 from . import cluster, notify
@@ -100,14 +100,17 @@ class ServerContext:
             log.error("no valid age recipient in %s: calls go on, nothing is recorded",
                       Path(s.keys_dir) / keys.RECIPIENTS_FILE)
         spool.prepare_spool(self.spool_dir)
-        open_database(s.database, announce=self.announce)
+        open_database(s.database, announce=self.announce, pool_size=s.pool_size)
         self.vault = Vault(Path(s.store_dir), recipients, workers=s.seal_workers)
         self.vault.start()
         self.node = cluster.node_name(self.config)
         self._probe_store()  # before the first call: a store that cannot be written records nothing
         journal = Path(s.data_dir) / JOURNAL_FILE
         replayed, last_seq = replay_journal(journal, self.vault)  # facts a crash left unwritten
-        self.writer = LedgerWriter(journal, self.vault, first_seq=last_seq + 1)
+        # reader threads: on PostgreSQL pool_size - 1, each read waiting on the network; SQLite answers the
+        # call path's reads in microseconds, so one thread, which contends least with the hub for the GIL
+        readers = s.pool_size - 1 if pooled() else 1
+        self.writer = LedgerWriter(journal, self.vault, first_seq=last_seq + 1, readers=readers)
         self.writer.start()
         self.policy = policy_from_config(self.config)
         c = self.config.consent
@@ -130,7 +133,7 @@ class ServerContext:
         self.seals.join(timeout=self.config.server.drain_seconds)
         self.writer.stop()
         self.vault.stop()
-        close_database()
+        shutdown_database()
 
     # --- the store ----------------------------------------------------------------
 
@@ -512,6 +515,11 @@ class ConsentServer:
         if report.sealed or report.deleted or report.deferred:
             log.info("spool recovery: sealed=%d deleted=%d still being written=%d", len(report.sealed),
                      len(report.deleted), len(report.deferred))
+        # Start-up's reads and writes ran here on the hub: no call is served yet, and recovery must be
+        # done before one is. From now on the hub never touches the database (on PostgreSQL a query
+        # here would stall every caller's prompt for as long as it waits): its connection goes back
+        # to the pool, and the writer's and readers' threads do all the ledger's work.
+        close_database()
         self.control = ControlServer(Path(self.config.storage.data_dir) / "control.sock", self.ctx.handle_control)
         self.control.start()
         if cluster.conninfo(self.config.storage.database) is not None:  # other nodes may share this ledger

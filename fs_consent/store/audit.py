@@ -254,8 +254,14 @@ class Checkpointer:
         self.writer.submit(lambda: self._write(reason))
         self.writer.flush()  # the writer's batch is through: committed, or rolled back and retried
         while self._unpublished:
-            checkpoint = self._unpublished.pop(0)
-            row = _sql(f"SELECT signature FROM {_CHECKPOINTS} WHERE id = ?", (checkpoint.id,)).fetchone()
+            checkpoint = self._unpublished[0]
+            try:  # in a reader thread, as every read of the server's (never on the hub: it plays the prompts)
+                row = self.writer.read(lambda c=checkpoint: _sql(f"SELECT signature FROM {_CHECKPOINTS} WHERE id = ?",
+                                                                 (c.id,)).fetchone(), timeout=5.0)
+            except Exception as exc:  # noqa: BLE001 - the ledger is away: published at the next round
+                log.warning("audit checkpoint of entry %d not published yet: %s", checkpoint.seq, exc)
+                return
+            self._unpublished.pop(0)
             if row is None or row[0] != checkpoint.signature:  # its batch failed: never witness a phantom
                 log.warning("audit checkpoint of entry %d was rolled back; not published", checkpoint.seq)
                 continue

@@ -7,7 +7,9 @@ which plays every caller's prompt, only waits cooperatively for the result.
 
 Writes run in order, in short batched transactions. A batch the database cannot take
 (locked, full, unreachable: peewee's ``OperationalError`` and ``InterfaceError``) is
-retried, whole and in order, with backoff until it lands; nothing is dropped. While
+retried, whole and in order, with backoff until it lands; nothing is dropped (on
+PostgreSQL the thread's connection is handed back to its pool first, which discards it if
+the error broke it, e.g. a terminated backend: the retry runs on a fresh one). While
 that lasts, or while the queue is longer than its bound, :attr:`LedgerWriter.healthy`
 is False and the server records no new call (fail closed for the recording, open for
 the call). A write that fails by itself (a bug, a constraint) is retried alone once,
@@ -37,7 +39,7 @@ from peewee import InterfaceError, OperationalError
 
 from ..secure.files import PRIVATE_MODE, check_private
 from . import ledger
-from .connection import close_database
+from .connection import close_database, pooled, reset_connection
 from .facts import Fact, from_json
 
 log = logging.getLogger(__name__)
@@ -224,7 +226,7 @@ class LedgerWriter:
     """Serialises the server's writes into one database thread; see the module docstring."""
 
     def __init__(self, journal: Path | None = None, vault=None, *, max_batch: int = 50,
-                 high_water: int = 20000, first_seq: int = 1) -> None:
+                 high_water: int = 20000, first_seq: int = 1, readers: int = 1) -> None:
         self._journal = Journal(journal) if journal is not None else None
         self._vault = vault
         self._seq = first_seq - 1
@@ -234,6 +236,7 @@ class LedgerWriter:
         self._high_water = high_water  # queued writes past which new calls are not recorded
         self._pool: ThreadPool | None = None
         self._reader: ThreadPool | None = None
+        self._readers = readers  # threads for the call path's reads (storage.pool_size - 1)
         self._greenlet = None
         self._failing_since: float | None = None
         self._batch_since: float | None = None  # when the batch now in the database thread started
@@ -244,7 +247,7 @@ class LedgerWriter:
 
     def start(self) -> None:
         self._pool = ThreadPool(1)
-        self._reader = ThreadPool(1)
+        self._reader = ThreadPool(self._readers)
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -253,8 +256,10 @@ class LedgerWriter:
         self.flush(timeout)
         self._greenlet.kill()
         self._greenlet = None
+        self._pool.apply(close_database)  # the writer thread's own connection
+        # pooled readers gave theirs back after each read; SQLite's readers keep one each, closed
+        # as their thread ends (peewee's per-thread state goes with it)
         for pool in (self._pool, self._reader):
-            pool.apply(close_database)  # each thread's own connection
             pool.kill()
         if self._journal is not None:
             if self._applied == self._seq:
@@ -315,9 +320,11 @@ class LedgerWriter:
     def read(self, query: Callable[[], object], timeout: float):
         """Run a read the call path needs now, off the hub; LedgerUnavailable past ``timeout``."""
         try:
-            return self._reader.spawn(query).get(timeout=timeout)
+            value, error = self._reader.spawn(_read, query).get(timeout=timeout)
         except gevent.Timeout:
             raise LedgerUnavailable(f"no answer within {timeout:g} s") from None
+        _raise(error)
+        return value
 
     # --- the database thread --------------------------------------------------------
 
@@ -423,6 +430,28 @@ def _nothing() -> None:
     return None
 
 
+def _read(query: Callable[[], object]) -> tuple[object, Exception | None]:
+    """Runs in a reader thread; returns (value, error), as ``_write_batch`` does.
+
+    On PostgreSQL the thread takes a pooled connection for the read and gives it back (so
+    ``pool_size - 1`` readers share what the writer leaves); a connection found broken (a
+    backend terminated while it sat in the pool) is dropped and the read tried once more on
+    a fresh one."""
+    try:
+        if not pooled():
+            return query(), None
+        try:
+            try:
+                return query(), None
+            except UNAVAILABLE:
+                reset_connection()
+                return query(), None
+        finally:
+            close_database()
+    except Exception as exc:  # noqa: BLE001 - raised again on the hub, by read()
+        return None, exc
+
+
 class _FactWrite:
     def __init__(self, seq: int, fact: Fact, vault) -> None:
         self.seq, self.fact, self.vault = seq, fact, vault
@@ -444,6 +473,9 @@ def _write_batch(batch: list, journal: Journal | None) -> Exception | None:
     pool thread would also be printed to stderr as if it were unexpected)."""
     try:
         _write_all(batch, journal)
+    except UNAVAILABLE as exc:
+        reset_connection()  # a broken connection would fail every retry: the next one connects afresh
+        return exc
     except Exception as exc:  # noqa: BLE001 - handed to the writer greenlet
         return exc
     return None

@@ -54,6 +54,7 @@ def test_defaults_without_any_file(tmp_path, env):
     )
     assert storage.database == f"sqlite:///{data}/ledger.db"
     assert storage.seal_workers == 2
+    assert storage.pool_size == 4  # a writer and three readers: a few connections per node on a shared PostgreSQL
     consent = config.consent
     assert (consent.mode, consent.refuse_digit, consent.grant_digit) == ("opt-out", "1", "2")
     assert (consent.timeout, consent.tries, consent.language) == (5.0, 2, "nl")
@@ -250,6 +251,9 @@ def test_bad_duration_message(tmp_path, env):
         ('[storage]\ndatabase = "ledger.db"', r"^config key storage\.database: expected a database URL"),
         ('[storage]\ndata_dir = ""', r"^config key storage\.data_dir: expected a directory path"),
         ("[storage]\nseal_workers = 0", r"^config key storage\.seal_workers: "),
+        ("[storage]\npool_size = 1", r"^config key storage\.pool_size: expected a whole number from 2 to 64, got 1$"),
+        ("[storage]\npool_size = 65", r"^config key storage\.pool_size: expected a whole number from 2 to 64"),
+        ('[storage]\npool_size = "4"', r"^config key storage\.pool_size: expected a whole number"),
         ('[consent]\nmode = "opt_out"', r"^config key consent\.mode: expected one of opt-out, opt-in, got 'opt_out'$"),
         ('[consent]\nrefuse_digit = "12"', r"^config key consent\.refuse_digit: expected one digit 0-9"),
         ('[consent]\nrefuse_digit = "*"', r"^config key consent\.refuse_digit: "),
@@ -310,7 +314,7 @@ def test_unreadable_file(tmp_path, env):
 def test_describe_lists_every_key(env):
     rows = load_config(env=env).describe()
     names = [name for name, _ in rows]
-    assert len(names) == len(set(names)) == 47
+    assert len(names) == len(set(names)) == 48
     shown = dict(rows)
     assert shown["server.listen"] == "127.0.0.1:8040"
     assert shown["server.allowed_peers"] == "127.0.0.1, ::1"
