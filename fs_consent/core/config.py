@@ -607,10 +607,10 @@ _NODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 def _node(raw, base) -> str:
     """A node's name: stored on its calls and recordings, shown by `calls list` and `check`."""
-    text = _string(raw, 'a node name like "fs1"')
+    expected = "1 to 64 letters, digits, '.', '_' or '-' (a node name like \"fs1\")"
+    text = _string(raw, expected)
     if not _NODE.fullmatch(text):
-        raise ValueError(f"expected 1 to 64 letters, digits, '.', '_' or '-' (a node name like \"fs1\"), "
-                         f"got {_brief(raw)}")
+        raise ValueError(f"expected {expected}, got {_brief(raw)}")
     return text
 
 
