@@ -118,8 +118,8 @@ def write_checkpoint(signing_key: Ed25519PrivateKey, actor: str, reason: str = "
         raise ValueError(f"checkpoint reason must be one of {', '.join(REASONS)}, got {reason!r}")
     public = keyfiles.signing_public_key(signing_key)
     with database.atomic():
+        lock_chain()  # first: CREATE ... IF NOT EXISTS takes a table lock a waiting node could hold against us
         database.create_tables([AuditCheckpoint], safe=True)
-        lock_chain()
         head = _sql(f"SELECT seq, hash FROM {_ENTRIES} ORDER BY seq DESC LIMIT 1").fetchone()
         if head is None:
             return None
@@ -432,6 +432,7 @@ def record_server_start(actor: str = "server", node: str | None = None) -> Audit
     shutdown checkpoint (other nodes start and stop on the same trail meanwhile).
     """
     with database.atomic():
+        lock_chain()  # before the table lock below (see write_checkpoint), and the head read
         database.create_tables([AuditCheckpoint], safe=True)
         head = _sql(f"SELECT seq FROM {_ENTRIES} ORDER BY seq DESC LIMIT 1").fetchone()
         head_seq = head[0] if head else 0
