@@ -57,6 +57,7 @@ class FakeServices:
     language: str = "nl"
     prompt_id: str = "consent-nl"
     prompt_version: str = "1"
+    node: str = "node-a"
     registry: dict = field(default_factory=dict)
     writer: FakeWriter = field(default_factory=FakeWriter)
     vault: FakeVault = field(default_factory=FakeVault)

@@ -180,7 +180,7 @@ def serve(ctx: Context, listen, log_level):
 def call_row(call) -> dict:
     recording = call.recordings.order_by(call.recordings.model.started_at.desc()).first()
     return {
-        "uuid": call.uuid, "outcome": call.outcome, "decided_by": call.decided_by,
+        "uuid": call.uuid, "node": call.node, "outcome": call.outcome, "decided_by": call.decided_by,
         "withdrawn_by": call.withdrawn_by, "recording_id": recording.id if recording else None,
         "recording_state": recording.state if recording else None,
         "started_at": call.started_at, "ended_at": call.ended_at,
@@ -195,7 +195,7 @@ def recording_row(rec, vault) -> dict:
     from ..store.ledger import SEALED
 
     return {
-        "id": rec.id, "call_uuid": rec.call.uuid, "state": rec.state, "state_reason": rec.state_reason,
+        "id": rec.id, "call_uuid": rec.call.uuid, "node": rec.node, "state": rec.state, "state_reason": rec.state_reason,
         "path": str(vault.path_for(rec.id)) if rec.state == SEALED else None,
         "size": rec.size, "sha256": rec.sha256, "started_at": rec.started_at,
         "sealed_at": rec.sealed_at, "deleted_at": rec.deleted_at,
@@ -210,14 +210,17 @@ def calls_group():
 @calls_group.command("list")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--outcome", type=click.Choice(["granted", "refused", "withdrawn", "abandoned", "error"]))
+@click.option("--node", metavar="NAME", help="Only the calls this node took ([server] node).")
 @format_option
 @pass_ctx
-def calls_list(ctx: Context, limit, outcome, fmt):
-    """List the most recent calls (no phone numbers are shown)."""
+def calls_list(ctx: Context, limit, outcome, node, fmt):
+    """List the most recent calls, with the node that took each (no phone numbers are shown)."""
     ledger = ctx.ledger()
     query = ledger.Call.select().order_by(ledger.Call.started_at.desc()).limit(limit)
     if outcome:
         query = query.where(ledger.Call.outcome == outcome)
+    if node:
+        query = query.where(ledger.Call.node == node)
     click.echo(render([call_row(c) for c in query], fmt))
 
 

@@ -86,10 +86,23 @@ def _server_state(data_dir: Path) -> tuple[str, str]:
     return "running", f"the server listens on {path}"
 
 
+def _other_nodes(this_node: str) -> tuple[dict, dict]:
+    """What the ledger's node table says of the other nodes (running by their heartbeat, stopped
+    by a clean stop, else unknown), and the node of each signing key."""
+    from ..store import nodes
+
+    states = {}
+    for node in nodes.all_nodes():
+        if node.name != this_node:
+            states[node.name] = {"running": "running", "stopped": "stopped"}.get(nodes.state(node), "unknown")
+    return states, nodes.names_by_key()
+
+
 @audit_group.command("verify")
 @click.option("--public-key", "public_keys", multiple=True, metavar="ed25519:BASE64",
-              help="Trust checkpoints signed by this key (repeatable). Default: the installation's "
-                   "signing key, when this user can read keys/signing.key.")
+              help="Trust checkpoints signed by this key too (repeatable). Trusted anyway: this node's "
+                   "signing key, when this user can read keys/signing.key, and [audit] trusted_keys "
+                   "(the other nodes' keys).")
 @click.option("--pin", "pins", multiple=True, metavar="SEQ:HASH",
               help="A head kept outside the system (an earlier export, the log): entry SEQ must have HASH.")
 @click.option("--witness", "witnesses", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
@@ -123,7 +136,7 @@ def audit_verify(ctx, public_keys, pins, witnesses, server_state):
     config = ctx.config()
     keys_dir = Path(config.storage.keys_dir)
     try:
-        trusted = audit.trusted_keys(keys_dir, tuple(public_keys))
+        trusted = audit.trusted_keys(keys_dir, tuple(public_keys) + config.audit.trusted_keys)
     except keys.KeyFileError as exc:
         raise click.ClickException(f"no key to check checkpoint signatures with ({exc}); pass --public-key") from None
     except ValueError as exc:
@@ -144,9 +157,11 @@ def audit_verify(ctx, public_keys, pins, witnesses, server_state):
         except audit.WitnessError as exc:
             raise click.BadParameter(str(exc), param_hint="--witness") from None
     state, why = (server_state, "as told") if server_state != "auto" else _server_state(Path(config.storage.data_dir))
+    node_states, key_names = _other_nodes(config.server.node)
     with progress(audit.count_entries, "verifying the audit trail") as update:
         result = audit.verify_trail(trusted, pins=pinned, progress=update, policy=audit.DuePolicy.from_config(config),
-                                    server_state=state, witness=heads if witnesses else None)
+                                    server_state=state, witness=heads if witnesses else None,
+                                    node_states=node_states, key_names=key_names)
     click.echo(f"{'OK' if result.ok else 'FAIL'}: {result.summary()}")
     if not result.ok:
         for fault in sorted(result.faults, key=lambda f: f.seq):
@@ -197,7 +212,7 @@ def audit_checkpoint(ctx):
         key = keys.load_signing_key(Path(ctx.config().storage.keys_dir))
     except keys.KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
-    checkpoint = audit.write_checkpoint(key, ledger.os_user(), "manual")
+    checkpoint = audit.write_checkpoint(key, ledger.os_user(), "manual", ctx.config().server.node)
     if checkpoint is None:
         click.echo("the audit trail is empty: nothing to checkpoint")
         return

@@ -43,7 +43,7 @@ def keys_init(ctx, force):
         click.echo(f"all key files are already present in {keys_dir}; nothing was changed")
     try:  # every key change lands in the audit trail
         ledger = ctx.ledger(create=True)  # keys init may make the ledger (serve would)
-        audit.record_keys(keys_dir, actor=ledger.os_user(), via="keys init")
+        audit.record_keys(keys_dir, actor=ledger.os_user(), via="keys init", node=ctx.config().server.node)
     except Exception as exc:  # the keys are written; say why the trail does not show it yet
         click.echo(f"warning: the key change is not in the audit trail yet ({exc}); the server records "
                    "it when it next starts", err=True)
@@ -52,7 +52,8 @@ def keys_init(ctx, force):
 @keys_group.command("signing-key")
 @pass_ctx
 def keys_signing_key(ctx):
-    """Print the installation's signing public key (ed25519:...) for the police to pin."""
+    """Print this node's signing public key (ed25519:...): for the police to pin, and for the
+    other nodes' [audit] trusted_keys (each node signs its checkpoints with its own key)."""
     from ..secure import keys
 
     keys_dir = Path(ctx.config().storage.keys_dir)

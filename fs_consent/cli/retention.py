@@ -48,7 +48,7 @@ def purge(ctx, dry_run, as_of, batch_size):
     config = ctx.config()
     ctx.ledger()
     job = Purge(vault=ctx.vault(), spool_dir=Path(config.storage.spool_dir), terms=Terms.from_config(config.retention),
-                actor=os_user(), as_of=as_of, batch_size=batch_size)
+                actor=os_user(), as_of=as_of, batch_size=batch_size, node=config.server.node)
     if dry_run:
         click.echo(job.dry_run().summary())
         return

@@ -13,12 +13,15 @@ written: a relative sound path is relative to FreeSWITCH's ``sound_prefix``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import difflib
 import ipaddress
 import os
 import pwd
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -82,6 +85,7 @@ class ServerConfig:
     drain_seconds: float
     handshake_timeout: float
     backlog: int  # listen(2) backlog; default max(max_calls, 1024), capped by net.core.somaxconn
+    node: str = ""  # this node's name in a cluster (on every call and recording); default the host name
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,9 @@ class AuditConfig:
     checkpoint_every: float  # ... or this many seconds after the last one, if anything is new
     checkpoint_grace: float  # how late a due checkpoint may be before `audit verify` fails
     witness_file: Path | None  # each checkpoint's head is appended here too (None: not kept)
+    # the other nodes' signing keys (ed25519:<base64>, `fs-consent keys signing-key` on each):
+    # `audit verify` trusts checkpoints signed by these and by this node's own key
+    trusted_keys: tuple[str, ...] = ()
 
 
 _AUDIT_DEFAULTS = AuditConfig(1000, 300.0, 60.0, None)
@@ -599,6 +606,46 @@ def _optional_path(raw, base) -> Path | None:
     return _path(raw, base)
 
 
+_NODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _node(raw, base) -> str:
+    """A node's name: stored on its calls and recordings, shown by `calls list` and `check`."""
+    expected = "1 to 64 letters, digits, '.', '_' or '-' (a node name like \"fs1\")"
+    text = _string(raw, expected)
+    if not _NODE.fullmatch(text):
+        raise ValueError(f"expected {expected}, got {_brief(raw)}")
+    return text
+
+
+def _default_node(_data_dir) -> str:
+    return socket.gethostname()
+
+
+def _signing_keys(raw, base) -> tuple[str, ...]:
+    """A list of Ed25519 public keys as `fs-consent keys signing-key` prints them."""
+    if not isinstance(raw, list):
+        raise ValueError(f'expected a list of keys like ["ed25519:..."], got {_brief(raw)}')
+    keys = []
+    for item in raw:
+        text = _string(item, "a key like ed25519:<base64> (fs-consent keys signing-key prints it)").strip()
+        prefix, _, b64 = text.partition(":")
+        try:
+            ok = prefix == "ed25519" and len(base64.b64decode(b64, validate=True)) == 32
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"expected an Ed25519 public key as `fs-consent keys signing-key` prints it "
+                             f"(ed25519:<base64 of 32 bytes>), got {_brief(item)}")
+        if text not in keys:
+            keys.append(text)
+    return tuple(keys)
+
+
+def _show_keys(keys: tuple[str, ...]) -> str:
+    return ", ".join(keys) if keys else "(none)"
+
+
 def _show_optional(value: object) -> str:
     return "(not set)" if value is None else str(value)
 
@@ -636,6 +683,7 @@ _SCHEMA: dict = {
         "drain_seconds": _Key(_duration(0, 3600), 30.0, format_duration),
         "handshake_timeout": _Key(_duration(0.1, 60), 5.0, format_duration),
         "backlog": _Key(_backlog, None),
+        "node": _Key(_node, _default_node),
     },
     "storage": {
         "data_dir": _Key(_path, None),  # default: default_data_dir()
@@ -692,6 +740,7 @@ _SCHEMA: dict = {
         "checkpoint_every": _Key(_duration(1, 86400), "5m", format_duration),
         "checkpoint_grace": _Key(_duration(0, 86400), "1m", format_duration),
         "witness_file": _Key(_optional_path, "", _show_optional),
+        "trusted_keys": _Key(_signing_keys, [], _show_keys),
     },
 }
 

@@ -30,7 +30,9 @@ Safe while the server runs: every write transaction is one bounded batch (tens o
 most), and after each the server gets at least as much time as the batch held the lock
 (the WAL checkpoint, which does not block writers, then a pause if that was shorter), so
 the server's writer, whose SQLite busy wait blocks its hub, never waits long. Two purges
-never run at once (a lock file in the data dir). Memory is bounded by the batch size.
+never run at once: a lock file in the data dir on SQLite; on PostgreSQL, where the ledger
+is shared by several nodes, a session advisory lock held for the whole run (the refusal
+names the node and user of the run in progress). Memory is bounded by the batch size.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peewee import SqliteDatabase, Tuple, Value, fn
+from peewee import PostgresqlDatabase, SqliteDatabase, Tuple, Value, fn
 
 from ..core.durations import format_duration
 from ..secure.files import fsync_dir
@@ -66,6 +68,7 @@ PURGEABLE_STATES = (ledger.SEALED, ledger.FAILED, ledger.RECORDING)
 PERSONAL_CALL_FIELDS = (Call.caller_hash, Call.caller_sealed)
 ERASED_BY_RETENTION = "retention"  # Call.personal_erased_reason
 LOCK_FILE = "purge.lock"
+PURGE_LOCK = 0x66735F7075726765  # pg_advisory_lock key of the purge, across every node ("fs_purge")
 DEFAULT_BATCH = 2000
 MAX_PAUSE_S = 0.05
 PURGE_CACHE_KIB = 65536  # SQLite page cache of the purge's connection: index pages stay hot
@@ -166,9 +169,46 @@ def expired_counts(as_of: dt.datetime, terms: Terms) -> dict[str, int]:
 # --- the purge ------------------------------------------------------------------------
 
 
+def _running_elsewhere() -> str:
+    """Who holds the purge lock, as far as the ledger says (the run it has started)."""
+    run = PurgeRun.select().where(PurgeRun.status == "running").order_by(PurgeRun.seq.desc()).first()
+    if run is None:
+        return "it holds the purge lock of the shared ledger"
+    where = f" on node {run.node}" if run.node else ""
+    return f"purge #{run.seq}, started {run.started_at.isoformat(timespec='seconds')}Z by {run.actor}{where}"
+
+
+@contextlib.contextmanager
+def _cluster_lock(db: PostgresqlDatabase):
+    """A session advisory lock on a connection of its own, held until the block ends (or the
+    process dies: PostgreSQL drops it with the connection). Its own connection, so the
+    purge's work may reconnect or use a pool without ever losing or leaking the lock."""
+    holder = PostgresqlDatabase(db.database, **db.connect_params)
+    try:
+        holder.connect()
+    except Exception as exc:  # noqa: BLE001 - the driver's own; one line for the operator
+        raise PurgeError(f"cannot take the purge lock: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+                         ) from None
+    try:
+        if not holder.execute_sql("SELECT pg_try_advisory_lock(%s)", (PURGE_LOCK,)).fetchone()[0]:
+            raise PurgeError(f"another purge is running ({_running_elsewhere()})")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a lost connection has dropped it already
+                holder.execute_sql("SELECT pg_advisory_unlock(%s)", (PURGE_LOCK,))
+    finally:
+        holder.close()
+
+
 @contextlib.contextmanager
 def purge_lock(data_dir: Path):
-    """Exclusive while one purge runs (systemd timer and a manual run must not overlap)."""
+    """Exclusive while one purge runs (systemd timer and a manual run must not overlap; nor,
+    on a shared PostgreSQL ledger, two nodes' purges). Call with the ledger open."""
+    if isinstance(ledger.database.obj, PostgresqlDatabase):
+        with _cluster_lock(ledger.database.obj):
+            yield
+        return
     path = Path(data_dir) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -193,7 +233,7 @@ class Purge:
 
     def __init__(self, *, vault, spool_dir: Path, terms: Terms, actor: str, as_of: dt.datetime | None = None,
                  batch_size: int = DEFAULT_BATCH, progress: Callable[[int], None] | None = None,
-                 pause: bool = True):
+                 pause: bool = True, node: str | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.vault, self.spool_dir, self.terms, self.actor = vault, Path(spool_dir), terms, actor
@@ -201,6 +241,7 @@ class Purge:
         self.batch_size = batch_size
         self.progress = progress or (lambda _n: None)
         self.pause = pause
+        self.node = node  # [server] node of the machine it runs on: kept with the run
 
     def dry_run(self) -> PurgeReport:
         counts = expired_counts(self.as_of, self.terms)
@@ -220,7 +261,8 @@ class Purge:
             stale = [r.seq for r in PurgeRun.select(PurgeRun.seq).where(PurgeRun.status == "running")]
             if stale:  # we hold the lock: those runs are dead
                 PurgeRun.update(status="interrupted").where(PurgeRun.seq.in_(stale)).execute()
-            run = PurgeRun.create(started_at=ledger.utcnow(), actor=self.actor, as_of=self.as_of, status="running")
+            run = PurgeRun.create(started_at=ledger.utcnow(), actor=self.actor, as_of=self.as_of, status="running",
+                                  node=self.node)
             ledger.append_audit(self.actor, audit_actions.PURGE_START, "purge", str(run.seq), as_of=self.as_of,
                                 recordings_term_s=self.terms.recordings.total_seconds(),
                                 call_records_term_s=self.terms.call_records.total_seconds(),

@@ -33,7 +33,7 @@ from .. import esl
 from ..core.config import ConfigError, load_config
 from ..secure import files, keys, spool
 from ..secure.vault import probe_writable
-from ..store import ledger
+from ..store import ledger, nodes
 from ..store.migrations import SchemaError, read_schema_version
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -350,6 +350,55 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _own_signing_key(config) -> str | None:
+    try:
+        return keys.signing_public_key(keys.load_signing_key(Path(config.storage.keys_dir)))
+    except keys.KeyFileError:
+        return None
+
+
+def check_nodes(config) -> list[Check] | None:
+    """One line per node the ledger has seen (schema 4): running, stopped or silent since its last
+    sign of life; a warning when a node's checkpoints would not verify here (key not trusted)."""
+    url = config.storage.database
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.exists():
+            return None
+        db = SqliteDatabase(str(path), pragmas={"query_only": 1})
+    else:
+        db = connect_url(url)
+    try:
+        db.connect()
+        if "node" not in db.get_tables() or (read_schema_version(db) or 0) < 4:
+            return None
+        with db.bind_ctx([ledger.Node]):
+            seen = nodes.all_nodes()
+    except (PeeweeException, SchemaError, ValueError):
+        return None  # check_database says what is wrong with the database
+    finally:
+        db.close()
+    this = config.server.node
+    trusted = set(config.audit.trusted_keys) | {k for k in [_own_signing_key(config)] if k}
+    now = ledger.utcnow()
+    lines = []
+    for node in seen:
+        mine = " (this node)" if node.name == this else ""
+        text = nodes.describe(node, now).replace(node.name, node.name + mine, 1)
+        status = WARN if nodes.state(node, now) == "silent" else OK
+        if node.signing_key and node.signing_key not in trusted:
+            status = WARN
+            text += (f"; its signing key {node.signing_key} is not in [audit] trusted_keys: `audit verify` here "
+                     "fails on its checkpoints")
+        elif not node.signing_key:
+            status = WARN
+            text += "; its signing key could not be read: it signs no checkpoints"
+        lines.append(Check("node", status, text))
+    if not any(node.name == this for node in seen):
+        lines.append(Check("node", OK, f"this node ({this}) has not run on this ledger yet"))
+    return lines
+
+
 # --- FreeSWITCH's inbound event socket --------------------------------------------------
 
 
@@ -444,6 +493,7 @@ CHECKS: list[tuple[str, Callable[[object], Check | None]]] = [
     ("spool", check_spool_memory),
     ("disk", check_free_space),
     ("database", check_database),
+    ("node", check_nodes),
     ("freeswitch", check_freeswitch),
 ]
 
@@ -461,5 +511,7 @@ def run_checks(config_path: Path | None = None, data_dir: Path | None = None, *,
             result = check(config)
         except Exception as exc:  # noqa: BLE001 - a check that cannot run proves nothing: a failure
             result = Check(name, FAIL, f"could not run: {type(exc).__name__}: {_first_line(exc)}")
-        if result is not None:
+        if isinstance(result, list):  # a line for each of several things (the nodes)
+            yield from result
+        elif result is not None:
             yield result

@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -48,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 from gevent.threadpool import ThreadPool
 
-__all__ = ["CHANNEL", "REPLY_PREFIX", "BusError", "ClusterBus", "ask", "conninfo", "gather", "node_name"]
+__all__ = ["CHANNEL", "REPLY_PREFIX", "BusError", "ClusterBus", "ask", "conninfo", "gather"]
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +74,6 @@ def conninfo(url: str) -> str | None:
         return None
     parts = urlsplit(url)
     return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, ""))
-
-
-def node_name(config) -> str:
-    """This node's name as the bus says it: ``server.node`` where configured, else the host name."""
-    return getattr(config.server, "node", None) or socket.gethostname()
 
 
 def _connect(info: str):

@@ -104,6 +104,7 @@ class CallServices(Protocol):
     language: str
     prompt_id: str
     prompt_version: str
+    node: str  # [server] node: on the call's and its recordings' rows
     registry: dict  # live calls: instance -> CallSession
     writer: LedgerWrites
     protector: Protector
@@ -296,7 +297,8 @@ class CallSession:
         ctx.writer.record(ledger_facts.CallOpened(
             instance=facts.instance, uuid=facts.uuid, started_at=facts.started_at, consent_mode=policy.mode,
             language=ctx.language, prompt_id=ctx.prompt_id, prompt_version=ctx.prompt_version,
-            caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed, recording_note=facts.recording_note))
+            caller_hash=facts.caller_hash, caller_sealed=facts.caller_sealed, recording_note=facts.recording_note,
+            node=ctx.node))
 
     def hand_back(self) -> None:
         """Give the call back to the dialplan untouched: its fallback continues unrecorded.
@@ -484,7 +486,8 @@ class CallSession:
                 self._api(f"uuid_setvar {self.facts.uuid} {name} {value}")
             case StartRecording(recording_id=rid, tag=tag):
                 self._execute(Execute("record_session", str(self._path(rid)), tag, consent.RECORD))
-                self.ctx.writer.record(ledger_facts.RecordingStarted(self.facts.instance, rid, self.ctx.now()))
+                self.ctx.writer.record(ledger_facts.RecordingStarted(self.facts.instance, rid, self.ctx.now(),
+                                                                     node=self.ctx.node))
             case StopRecording(recording_id=rid):
                 path = self._path(rid)
                 # the reply comes after FreeSWITCH closed the file: unlink again then if withdrawn

@@ -27,13 +27,14 @@ import gevent.event
 import gevent.pool
 from gevent.server import StreamServer
 
+from .. import __version__
 from ..core import consent
 from ..privacy import objections
 from ..privacy.withdrawal import any_recent_recorded_call, recent_recorded_calls, withdraw_ended_call
 from ..secure import files, keys, spool
 from ..secure.protect import FieldProtector
 from ..secure.vault import Vault, VaultError, probe_writable, why
-from ..store import audit, audit_actions, facts, holds, ledger, recordings
+from ..store import audit, audit_actions, facts, holds, ledger, nodes, recordings
 from ..store.connection import close_database, open_database, pooled, shutdown_database
 from ..store.ledger import Call, ConsentEvent, Recording
 from ..store.writer import JOURNAL_FILE, LedgerUnavailable, LedgerWriter, replay_journal
@@ -86,6 +87,7 @@ class ServerContext:
 
     def open(self) -> None:
         s = self.config.storage
+        self.node: str = self.config.server.node  # on every call and recording this server writes
         Path(s.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.spool_dir: Path = Path(s.spool_dir)
         for message in keys.ensure_keys(Path(s.keys_dir)):
@@ -103,7 +105,6 @@ class ServerContext:
         open_database(s.database, announce=self.announce, pool_size=s.pool_size)
         self.vault = Vault(Path(s.store_dir), recipients, workers=s.seal_workers)
         self.vault.start()
-        self.node = cluster.node_name(self.config)
         self._probe_store()  # before the first call: a store that cannot be written records nothing
         journal = Path(s.data_dir) / JOURNAL_FILE
         replayed, last_seq = replay_journal(journal, self.vault)  # facts a crash left unwritten
@@ -216,9 +217,12 @@ class ServerContext:
         up. :meth:`sweep_deferred` settles those once closed or quiet.
         """
         report = self._settle_spool(lambda write: write(), ready=self._settled)
+        # a call live on another node is left to it, even one named as ours (two nodes given one
+        # name, or a row from before nodes had names): the other nodes are asked
         elsewhere = self._held_elsewhere()
-        # recordings the crash left unsettled whose plaintext is gone (not merely still being written)
-        for rec in Recording.select().where(Recording.state == ledger.RECORDING):
+        # recordings the crash left unsettled whose plaintext is gone (not merely still being written):
+        # this node's own only (another node's are in its spool, maybe still being recorded)
+        for rec in Recording.select().where((Recording.state == ledger.RECORDING) & self._own(Recording.node)):
             if rec.id in report.deferred or rec.call.instance in elsewhere or self._mark_sealed_if_stored(rec):
                 continue
             if consent.recovery_keeps(rec.call.outcome, withdrawn=rec.call.withdrawn_at is not None):
@@ -315,14 +319,18 @@ class ServerContext:
         size, digest = stored
         return recordings.sealed(rec.id, size=size, sha256=digest, recovered=True)
 
-    @staticmethod
-    def _end_interrupted_calls(skip: set[str] = frozenset()) -> None:
-        """Every call the crash left open ends now (but those live on another node, ``skip``);
-        one still undecided ends ``error`` by ``restart`` (it went on unrecorded: FreeSWITCH's
-        fallback, or the caller hung up)."""
+    def _own(self, column):
+        """This node's rows; rows without a node are an earlier release's (one node then): ours too."""
+        return (column == self.node) | column.is_null()
+
+    def _end_interrupted_calls(self, skip: set[str] = frozenset()) -> None:
+        """Every call of this node the crash left open ends now (but those live on another
+        node, ``skip``); one still undecided ends ``error`` by ``restart`` (it went on
+        unrecorded: FreeSWITCH's fallback, or the caller hung up). Another node's open calls
+        are its own business: they may be live."""
         now = ledger.utcnow()
         with ledger.database.atomic():
-            for call in Call.select().where(Call.ended_at.is_null()):
+            for call in Call.select().where(Call.ended_at.is_null() & self._own(Call.node)):
                 if call.instance in skip:
                     continue
                 changes = {"ended_at": now, "hangup_cause": RESTART_HANGUP_CAUSE}
@@ -499,6 +507,7 @@ class ConsentServer:
         self.listener: StreamServer | None = None
         self.control: ControlServer | None = None
         self.checkpointer = None  # audit.Checkpointer: signs the audit trail's head now and then
+        self.heartbeat = None  # nodes.Heartbeat: this node's sign of life in the ledger
         self._sweeper = None  # settles spool files a crash left still being written
 
     @property
@@ -511,6 +520,7 @@ class ConsentServer:
         sys.setswitchinterval(GIL_SWITCH_S)
         self.ctx.open()
         audit.record_startup(self.config)  # server.start, then configuration and key changes since the last start
+        nodes.register(self.ctx.node, version=__version__, signing_key=audit.signing_key_of(self.config))
         report = self.ctx.recover_spool()
         if report.sealed or report.deleted or report.deferred:
             log.info("spool recovery: sealed=%d deleted=%d still being written=%d", len(report.sealed),
@@ -536,6 +546,7 @@ class ConsentServer:
             self._sweeper = gevent.spawn(self.ctx.sweep_deferred, report.deferred)
         self.checkpointer = audit.Checkpointer.from_config(self.ctx.writer, self.config)
         self.checkpointer.start()  # a startup checkpoint signs the start record and what recovery wrote
+        self.heartbeat = nodes.Heartbeat(self.ctx.writer, self.ctx.node).start()
 
     def _allowed(self, host: str) -> bool:
         try:
@@ -610,4 +621,6 @@ class ConsentServer:
         if self.checkpointer is not None:  # a last checkpoint: the whole trail is signed at shutdown
             self.ctx.seals.join(timeout=self.config.server.drain_seconds)  # (seals append entries too)
             self.checkpointer.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.ctx.close()

@@ -61,7 +61,7 @@ from ..core.durations import format_duration
 from ..core.logs import fields
 from ..secure import keys as keyfiles
 from . import audit_actions
-from .ledger import GENESIS_HASH, AuditCheckpoint, AuditEntry, Meta, append_audit, database, utcnow
+from .ledger import GENESIS_HASH, AuditCheckpoint, AuditEntry, Meta, append_audit, database, lock_chain, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,21 @@ def _sql(query: str, params: tuple = ()):
 # --- checkpoints -------------------------------------------------------------------
 
 
-def write_checkpoint(signing_key: Ed25519PrivateKey, actor: str, reason: str = "manual") -> AuditCheckpoint | None:
+def write_checkpoint(signing_key: Ed25519PrivateKey, actor: str, reason: str = "manual",
+                     node: str | None = None) -> AuditCheckpoint | None:
     """Sign the current head; None when the trail is empty. Runs in one transaction.
 
     ``reason`` (one of :data:`REASONS`) is kept in the checkpoint's own trail entry, where
-    the chain (and the next checkpoint) protects it. Call :func:`publish_checkpoint` once
-    the transaction is committed, to log and witness it.
+    the chain (and the next checkpoint) protects it, with the ``node`` that signed it. Call
+    :func:`publish_checkpoint` once the transaction is committed, to log and witness it.
+    The chain's head is locked first (``ledger.lock_chain``): another node's entry cannot
+    come between the head signed and the checkpoint's own entry.
     """
     if reason not in REASONS:
         raise ValueError(f"checkpoint reason must be one of {', '.join(REASONS)}, got {reason!r}")
     public = keyfiles.signing_public_key(signing_key)
     with database.atomic():
+        lock_chain()  # first: CREATE ... IF NOT EXISTS takes a table lock a waiting node could hold against us
         database.create_tables([AuditCheckpoint], safe=True)
         head = _sql(f"SELECT seq, hash FROM {_ENTRIES} ORDER BY seq DESC LIMIT 1").fetchone()
         if head is None:
@@ -125,8 +129,9 @@ def write_checkpoint(signing_key: Ed25519PrivateKey, actor: str, reason: str = "
         checkpoint = AuditCheckpoint.create(
             seq=seq, head_hash=head_hash, signed_at=signed_at, public_key=public,
             signature=base64.b64encode(signature).decode("ascii"))
+        signer = {"node": node} if node else {}
         append_audit(actor, audit_actions.AUDIT_CHECKPOINT, "audit", str(seq), checkpoint=checkpoint.id, seq=seq,
-                     head_hash=head_hash, public_key=public, reason=reason)
+                     head_hash=head_hash, public_key=public, reason=reason, **signer)
     checkpoint.reason = reason
     return checkpoint
 
@@ -212,8 +217,9 @@ class Checkpointer:
     """
 
     def __init__(self, writer, keys_dir: Path, *, every_entries: int = 1000, every_seconds: float = 300.0,
-                 poll: float | None = None, witness_file: Path | None = None):
+                 poll: float | None = None, witness_file: Path | None = None, node: str | None = None):
         self.writer, self.every_entries, self.every_seconds = writer, every_entries, every_seconds
+        self.node = node
         self.poll = poll if poll is not None else min(10.0, max(0.05, every_seconds / 4))
         self.witness_file = witness_file
         self._greenlet = None
@@ -229,7 +235,7 @@ class Checkpointer:
     def from_config(cls, writer, config) -> Checkpointer:
         a = config.audit
         return cls(writer, Path(config.storage.keys_dir), every_entries=a.checkpoint_every_entries,
-                   every_seconds=a.checkpoint_every, witness_file=a.witness_file)
+                   every_seconds=a.checkpoint_every, witness_file=a.witness_file, node=config.server.node)
 
     def start(self) -> None:
         if self._key is not None:
@@ -269,8 +275,9 @@ class Checkpointer:
 
     def _write(self, reason: str) -> None:
         try:
+            lock_chain()  # another node may be signing the same head: one of us does
             if reason != "periodic" or checkpoint_due(self.every_entries, self.every_seconds):
-                checkpoint = write_checkpoint(self._key, "server", reason)
+                checkpoint = write_checkpoint(self._key, "server", reason, self.node)
                 if checkpoint is not None:
                     self._unpublished.append(checkpoint)
         except Exception:
@@ -280,9 +287,17 @@ class Checkpointer:
 # --- start-up: configuration and key changes ------------------------------------------
 
 
-def _meta_get(key: str):
+def _meta_get(key: str, fallback: str | None = None):
     row = Meta.get_or_none(Meta.key == key)
+    if row is None and fallback is not None:
+        row = Meta.get_or_none(Meta.key == fallback)
     return None if row is None else json.loads(row.value)
+
+
+def _node_key(key: str, node: str | None) -> str:
+    """What a node last saw is its own (``audit.config@fs1``): nodes differ in name and keys,
+    and must not record each other's settings as changes. Before schema 4: the one key."""
+    return f"{key}@{node}" if node else key
 
 
 def _meta_set(key: str, value) -> None:
@@ -296,7 +311,7 @@ def _changes(old: dict, new: dict) -> dict:
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
-def record_config(config, actor: str = "server") -> AuditEntry | None:
+def record_config(config, actor: str = "server", node: str | None = None) -> AuditEntry | None:
     """Append ``config.change`` when the effective configuration differs from the one
     last seen (kept in the ``Meta`` table); the first time, ``config.initial``.
 
@@ -306,10 +321,10 @@ def record_config(config, actor: str = "server") -> AuditEntry | None:
     described = {k: v for k, v in config.describe()}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
     with database.atomic():
-        seen = _meta_get("audit.config")
+        seen = _meta_get(_node_key("audit.config", node), "audit.config")
         if seen is not None and seen.get("sha256") == digest:
             return None
-        _meta_set("audit.config", {"sha256": digest, "values": described})
+        _meta_set(_node_key("audit.config", node), {"sha256": digest, "values": described})
         if seen is None:
             return append_audit(actor, audit_actions.CONFIG_INITIAL, "config", digest[:16], sha256=digest,
                                 keys=len(described))
@@ -345,16 +360,18 @@ def key_state(keys_dir: Path) -> dict:
     return state
 
 
-def record_keys(keys_dir: Path, actor: str = "server", via: str = "start-up") -> AuditEntry | None:
-    """Append ``keys.change`` when the key files differ from what was last seen."""
+def record_keys(keys_dir: Path, actor: str = "server", via: str = "start-up",
+                node: str | None = None) -> AuditEntry | None:
+    """Append ``keys.change`` when the key files (of ``node``) differ from what was last seen."""
     state = key_state(keys_dir)
     with database.atomic():
-        seen = _meta_get("audit.keys")
+        seen = _meta_get(_node_key("audit.keys", node), "audit.keys")
         if seen == state:
             return None
-        _meta_set("audit.keys", state)
+        _meta_set(_node_key("audit.keys", node), state)
+        where = {"node": node} if node else {}
         return append_audit(actor, audit_actions.KEYS_CHANGE, "keys", str(keys_dir.name), via=via,
-                            first=seen is None, changed=_changes(seen or {}, state))
+                            first=seen is None, changed=_changes(seen or {}, state), **where)
 
 
 def _last_checkpoint() -> tuple[int, int] | None:
@@ -385,7 +402,27 @@ def _detail(text: str) -> dict:
 _SHUTDOWN_LIKE = '%"reason":"shutdown"%'  # append_audit's compact, sorted JSON
 
 
-def record_server_start(actor: str = "server") -> AuditEntry:
+def _mine(detail: dict, node: str | None) -> bool:
+    """An entry of ``node``'s runs: it names that node, or none (before schema 4: one node)."""
+    return detail.get("node") in (node, None)
+
+
+def _last_start(node: str | None) -> tuple[int] | None:
+    """(seq,) of ``node``'s last ``server.start`` (backwards from the head: the other nodes'
+    starts since then are skipped, one batch at a time)."""
+    before = 2**62
+    while True:
+        rows = _sql(f"SELECT seq, detail FROM {_ENTRIES} WHERE action = ? AND seq < ? ORDER BY seq DESC LIMIT 100",
+                    (audit_actions.SERVER_START, before)).fetchall()
+        for seq, text in rows:
+            if _mine(_detail(text), node):
+                return (seq,)
+        if len(rows) < 100:
+            return None
+        before = rows[-1][0]
+
+
+def record_server_start(actor: str = "server", node: str | None = None) -> AuditEntry:
     """The first entry of a run: whether the run before it ended with a shutdown checkpoint.
 
     ``previous`` is ``clean`` (the last ``server.start`` is followed by a shutdown
@@ -396,14 +433,17 @@ def record_server_start(actor: str = "server") -> AuditEntry:
     (``unsigned``: after a crash, what the crash left unsigned; the startup checkpoint
     signs them now) and the seq of the head found. ``audit verify`` holds every start
     after a run without a shutdown checkpoint to say ``unclean``.
+
+    With ``node`` (``[server] node``), the runs are that node's: its last start and its own
+    shutdown checkpoint (other nodes start and stop on the same trail meanwhile).
     """
     with database.atomic():
+        lock_chain()  # before the table lock below (see write_checkpoint), and the head read
         database.create_tables([AuditCheckpoint], safe=True)
         head = _sql(f"SELECT seq FROM {_ENTRIES} ORDER BY seq DESC LIMIT 1").fetchone()
         head_seq = head[0] if head else 0
         # (backwards from the head: this reads the entries since the last start, not the whole trail)
-        start = _sql(f"SELECT seq FROM {_ENTRIES} WHERE action = ? ORDER BY seq DESC LIMIT 1",
-                     (audit_actions.SERVER_START,)).fetchone()
+        start = _last_start(node)
         last = _last_checkpoint()
         if start is None:
             previous = "unknown" if last is not None else "none"
@@ -412,7 +452,7 @@ def record_server_start(actor: str = "server") -> AuditEntry:
             for (text,) in _sql(f"SELECT detail FROM {_ENTRIES} WHERE seq > ? AND action = ? AND detail LIKE ? "
                                 "ORDER BY seq DESC",
                                 (start[0], audit_actions.AUDIT_CHECKPOINT, _SHUTDOWN_LIKE)).fetchall():
-                if _detail(text).get("reason") == "shutdown":
+                if _detail(text).get("reason") == "shutdown" and _mine(_detail(text), node):
                     previous = "clean"
                     break
         last_checkpoint = None
@@ -423,9 +463,10 @@ def record_server_start(actor: str = "server") -> AuditEntry:
                                "reason": record[1].get("reason", "unknown") if record else None}
             unsigned = _sql(f"SELECT COUNT(*) FROM {_ENTRIES} WHERE seq > ?", (last[1],)).fetchone()[0]
             unsigned -= 1 if record else 0
+        where = {"node": node} if node else {}
         entry = append_audit(actor, audit_actions.SERVER_START, "server", str(os.getpid()), previous=previous,
                              previous_start=start[0] if start else None, last_checkpoint=last_checkpoint,
-                             unsigned=unsigned, head_seq=head_seq, version=__version__)
+                             unsigned=unsigned, head_seq=head_seq, version=__version__, **where)
     if previous == "unclean":
         log.warning("the run of the server that started at audit entry %d ended without a shutdown checkpoint "
                     "(a crash, kill or power loss): %d entries after the last checkpoint were unsigned; recorded "
@@ -437,9 +478,18 @@ def record_server_start(actor: str = "server") -> AuditEntry:
 def record_startup(config, actor: str = "server") -> list[AuditEntry]:
     """At server start: the run's ``server.start`` record, then the configuration and key
     changes seen since the last start."""
-    entries = [record_server_start(actor), record_config(config, actor),
-               record_keys(Path(config.storage.keys_dir), actor)]
+    node = config.server.node
+    entries = [record_server_start(actor, node), record_config(config, actor, node),
+               record_keys(Path(config.storage.keys_dir), actor, node=node)]
     return [e for e in entries if e is not None]
+
+
+def signing_key_of(config) -> str | None:
+    """This node's checkpoint key (ed25519:...), or None when it cannot be read."""
+    try:
+        return keyfiles.signing_public_key(keyfiles.load_signing_key(Path(config.storage.keys_dir)))
+    except keyfiles.KeyFileError:
+        return None
 
 
 # --- reading the trail in batches -----------------------------------------------------
@@ -684,7 +734,8 @@ class _Verifier:
     MAX_NOTES = 20
 
     def __init__(self, trusted: set[str], pins: dict[int, str], policy: DuePolicy, server_state: str,
-                 now: dt.datetime | None):
+                 now: dt.datetime | None, node_states: dict[str | None, str] | None = None,
+                 key_names: dict[str, str] | None = None):
         if server_state not in SERVER_STATES:
             raise ValueError(f"server_state must be one of {', '.join(SERVER_STATES)}, got {server_state!r}")
         self.trusted, self.pins = trusted, dict(pins)
@@ -693,7 +744,11 @@ class _Verifier:
         self._classified = False
         self._good_checkpoint_seq = 0  # the newest checkpoint whose head matched
         self._last_checkpoint: Checkpoint | None = None  # ... and that checkpoint
-        self._run: _Run | None = None  # the server's run that has not (yet) ended with a shutdown checkpoint
+        # node -> its run that has not (yet) ended with a shutdown checkpoint (None: before schema 4)
+        self._runs: dict[str | None, _Run] = {}
+        # what is known of each node (``running``, ``stopped``, ``unknown``); the others: ``server_state``
+        self.node_states = dict(node_states or {})
+        self.key_names = dict(key_names or {})  # signing key -> the node that registered it
         self._shutdown: tuple[int, int, str] | None = None  # (record seq, checkpoint id, at) of the last one
 
     def fault(self, seq: int, kind: str, message: str) -> None:
@@ -736,8 +791,7 @@ class _Verifier:
                     self.fault(e.seq, "rewritten", f"entry {e.seq} does not have the pinned hash")
             if e.action == audit_actions.AUDIT_CHECKPOINT:
                 detail = self._recorded_checkpoint(e)
-                if detail.get("reason") == "shutdown" and self._run is not None:
-                    self._run = None
+                if detail.get("reason") == "shutdown" and self._take_run(detail.get("node")) is not None:
                     self._shutdown = (e.seq, detail.get("checkpoint"), e.at)
             elif e.action == audit_actions.SERVER_START:
                 self._start(e)
@@ -774,23 +828,35 @@ class _Verifier:
 
     # --- the server's runs ------------------------------------------------------------
 
+    def _state_of(self, node: str | None) -> str:
+        return self.node_states.get(node, self.result.server_state)
+
+    def _take_run(self, node: str | None) -> _Run | None:
+        """End ``node``'s open run (or, for a named node, a run from before schema 4: one node then)."""
+        run = self._runs.pop(node, None)
+        if run is None and node is not None:
+            run = self._runs.pop(None, None)
+        return run
+
     def _start(self, e: Entry) -> None:
-        previous = _detail(e.detail).get("previous")
-        if self._run is not None:
+        detail = _detail(e.detail)
+        previous, node = detail.get("previous"), detail.get("node")
+        run = self._take_run(node)
+        if run is not None:
             if previous == "unclean":
                 self.result.unclean_stops += 1
-                self.note(f"the run started at seq {self._run.seq} ({self._run.at}Z) ended without a shutdown "
+                self.note(f"the run started at seq {run.seq} ({run.at}Z) ended without a shutdown "
                           f"checkpoint (a crash, kill or power loss); the start at seq {e.seq} ({e.at}Z) recorded "
                           "the unclean stop, and its startup checkpoint signs what the crash left")
             else:
                 self.fault(e.seq, "unclean-stop",
-                           f"the run started at seq {self._run.seq} has no shutdown checkpoint, yet the start at "
+                           f"the run started at seq {run.seq} has no shutdown checkpoint, yet the start at "
                            f"seq {e.seq} says the stop before it was {previous!r}: entries between them were cut "
                            "(its shutdown checkpoint with them), or the start record is forged")
         elif previous == "unclean":
             self.note(f"the start at seq {e.seq} recorded an unclean stop, but the trail shows a shutdown "
                       "checkpoint after the run before it")
-        self._run = _Run(e.seq, e.at)
+        self._runs[node] = _Run(e.seq, e.at)
 
     def _uncovered(self, offset: int, where: str = "", params: tuple = ()) -> tuple[int, str, str] | None:
         """(seq, at, action) of an entry after the last checkpoint (its own record skipped)."""
@@ -819,7 +885,8 @@ class _Verifier:
         return min(candidates)
 
     def _end_of_trail(self, record) -> None:
-        r, cp, run = self.result, self._last_checkpoint, self._run
+        r, cp = self.result, self._last_checkpoint
+        runs = sorted(self._runs.items(), key=lambda item: item[1].seq)
         state, last = r.server_state, r.last_seq
         if cp is None:
             signed = "no checkpoint"
@@ -828,7 +895,7 @@ class _Verifier:
             signed += f", {record[1].get('reason', 'no reason')})" if record else ")"
         unsigned = (f"{r.uncovered} entries after {signed} are not signed" if r.uncovered
                     else f"the trail ends at {signed}")
-        if run is None:
+        if not runs:
             if self._shutdown is not None:
                 seq, ident, at = self._shutdown
                 r.server = f"stopped cleanly at seq {seq} (shutdown checkpoint #{ident}, {at}Z)"
@@ -843,14 +910,23 @@ class _Verifier:
                 r.server += (f"; {r.uncovered} later entries, added by commands, are protected by the chain only "
                              "until the server's next start signs them (or `fs-consent audit checkpoint`)")
             return
-        began = f"its run started at seq {run.seq} ({run.at}Z)"
-        if state == "stopped":
-            self.fault((cp.seq + 1) if cp is not None else run.seq, "unclean-stop",
-                       f"the server is not running, but {began} has no shutdown checkpoint; {unsigned}: the server "
-                       f"crashed or was killed (its next start records an unclean stop), or the trail was cut "
-                       f"after seq {last}, shutdown checkpoint included (--witness tells a cut of witnessed heads)")
-            return
         skip = 1 if record else 0
+        many = len(runs) > 1
+        live = []
+        for node, run in runs:
+            state = self._state_of(node)
+            who = f"node {node or '(unnamed)'}" if many else "the server"
+            began = f"{'its' if not many else who + chr(39) + 's'} run started at seq {run.seq} ({run.at}Z)"
+            if state == "stopped":
+                self.fault((cp.seq + 1) if cp is not None else run.seq, "unclean-stop",
+                           f"{who} is not running, but {began} has no shutdown checkpoint; {unsigned}: {who} "
+                           f"crashed or was killed (its next start records an unclean stop), or the trail was cut "
+                           f"after seq {last}, shutdown checkpoint included (--witness tells a cut of witnessed "
+                           "heads)")
+                continue
+            live.append((node, run, state, who))
+        if not live:
+            return
         due = self._due_by(skip)
         now = self.now or utcnow()
         if due is not None and now > due[0] + dt.timedelta(seconds=self.policy.grace):
@@ -860,11 +936,15 @@ class _Verifier:
                        f"`fs-consent check`), it stopped without a shutdown checkpoint (a crash: its next start "
                        f"records it), or the trail was cut after seq {last}")
             return
-        running = "running since seq" if state == "running" else "a run started at seq"
-        r.server = f"{running} {run.seq} ({run.at}Z)"
-        if state == "unknown":
-            r.server += " has not ended with a shutdown checkpoint: the server is running, or it crashed " \
-                        "(pass --server-state stopped when it is not running)"
+        lines = []
+        for node, run, state, who in live:
+            running = "running since seq" if state == "running" else "a run started at seq"
+            line = f"{running} {run.seq} ({run.at}Z)"
+            if state == "unknown":
+                line += (f" has not ended with a shutdown checkpoint: {who} is running, or it crashed "
+                         "(pass --server-state stopped when it is not running)")
+            lines.append(f"{node}: {line}" if many else line)
+        r.server = "; ".join(lines)
         if due is not None:
             r.server += (f"; {r.uncovered} entries after the last checkpoint, the next is due by "
                          f"{due[0].isoformat(timespec='seconds')}Z")
@@ -940,7 +1020,11 @@ class _Verifier:
         r.checkpoints += 1
         name = f"checkpoint #{cp.id} (seq {cp.seq}, signed {cp.signed_at}Z)"
         if cp.public_key not in self.trusted:
-            self.fault(cp.seq, "checkpoint-untrusted", f"{name} is signed by {cp.public_key}, not a trusted key")
+            signer = self.key_names.get(cp.public_key)
+            by = f"node {signer}'s key {cp.public_key}" if signer else cp.public_key
+            self.fault(cp.seq, "checkpoint-untrusted",
+                       f"{name} is signed by {by}, not a trusted key (trust a node's key with [audit] trusted_keys "
+                       "or --public-key: `fs-consent keys signing-key` on that node prints it)")
         elif not cp.signature_valid():
             self.fault(cp.seq, "checkpoint-forged", f"{name} has an invalid signature")
         elif e is None:
@@ -987,13 +1071,16 @@ def trusted_keys(keys_dir: Path, extra: tuple[str, ...] = ()) -> set[str]:
 def verify_trail(trusted: set[str], *, pins: dict[int, str] | None = None, batch: int = BATCH,
                  progress: Callable[[int], None] | None = None, policy: DuePolicy | None = None,
                  server_state: str = "unknown", now: dt.datetime | None = None,
-                 witness: Iterable[WitnessedHead] | None = None) -> Verification:
+                 witness: Iterable[WitnessedHead] | None = None, node_states: dict[str | None, str] | None = None,
+                 key_names: dict[str, str] | None = None) -> Verification:
     """Check the whole trail from genesis, every checkpoint's signature (by a ``trusted``
     key) and that each checkpointed head is still in the chain at its seq; that the trail
     does not stop short of a due checkpoint (``policy``; ``server_state`` says whether the
     server is running, ``now`` is naive UTC); and, with a ``witness``, that every witnessed
-    checkpoint head is in the trail."""
-    verifier = _Verifier(trusted, pins or {}, policy or DuePolicy(), server_state, now)
+    checkpoint head is in the trail. The server's runs are followed per node (the ``node`` of
+    each ``server.start`` and shutdown checkpoint); ``node_states`` says what is known of each
+    node (the others are ``server_state``); ``key_names`` names the node of a signing key."""
+    verifier = _Verifier(trusted, pins or {}, policy or DuePolicy(), server_state, now, node_states, key_names)
     return verifier.run(iter_entries(batch=batch), iter_checkpoints(batch=batch), progress, witness)
 
 

@@ -79,16 +79,17 @@ class CallOpened(Fact):
     caller_hash: str | None
     caller_sealed: bytes | None
     recording_note: str | None
+    node: str | None = None  # [server] node (None: a journal line written before schema 4)
 
     SQL: ClassVar[str] = (
         "INSERT INTO call (uuid, instance, started_at, consent_mode, language, prompt_id, prompt_version, "
-        "caller_hash, caller_sealed, recording_note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "caller_hash, caller_sealed, recording_note, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (instance) DO NOTHING")
 
     def apply(self, vault) -> None:
         ledger.sql(self.SQL, (self.uuid, self.instance, _at(self.started_at), self.consent_mode, self.language,
                               self.prompt_id, self.prompt_version, self.caller_hash, self.caller_sealed,
-                              self.recording_note))
+                              self.recording_note, self.node))
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,10 @@ class RecordingStarted(Fact):
     instance: str
     recording_id: str
     at: dt.datetime
+    node: str | None = None  # the node whose spool holds it (None: a journal line from before schema 4)
 
     def apply(self, vault) -> None:
-        recordings.started(self.recording_id, self.instance, _at(self.at))
+        recordings.started(self.recording_id, self.instance, _at(self.at), node=self.node)
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,14 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    PostgresqlDatabase,
     SqliteDatabase,
     TextField,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # migrations.py upgrades older databases
+SCHEMA_VERSION = 4  # migrations.py upgrades older databases
 
 database = DatabaseProxy()
 
@@ -89,6 +90,9 @@ class Call(BaseModel):
     # schema 3: this connection on this server (a uuid4 hex the driver makes): every later
     # write of the call finds its row by it, never by an id carried over from an earlier batch
     instance = CharField(null=True, unique=True, max_length=32)
+    # schema 4: the node (``[server] node``) that took the call; NULL for calls of earlier releases
+    # (one node then). Recovery after a restart ends only its own node's open calls
+    node = CharField(null=True, index=True, max_length=64)
 
 
 def call_row(instance: str):
@@ -106,6 +110,7 @@ class Recording(BaseModel):
     deleted_at = DateTimeField(null=True)
     size = IntegerField(null=True)
     sha256 = CharField(null=True)
+    node = CharField(null=True, max_length=64)  # schema 4: the node that recorded it (its spool held it)
 
 
 class ConsentEvent(BaseModel):
@@ -173,6 +178,7 @@ class PurgeRun(BaseModel):
     recordings_deleted = IntegerField(default=0)
     calls_erased = IntegerField(default=0)
     pending_completed = IntegerField(default=0)  # deletions an interrupted run left
+    node = CharField(null=True, max_length=64)  # schema 4: where it ran (the refusal of a second purge names it)
 
 
 class PurgePending(BaseModel):
@@ -261,8 +267,22 @@ class AuditCheckpoint(BaseModel):
     signature = CharField()  # base64 Ed25519 signature over checkpoint_message()
 
 
+# --- nodes (nodes.py): schema version 4 -------------------------------------------------------
+
+
+class Node(BaseModel):
+    """A server sharing this ledger: each upserts its row at start and every ``nodes.HEARTBEAT_S``."""
+
+    name = CharField(primary_key=True, max_length=64)  # [server] node
+    version = CharField()  # its fs-consent release
+    started_at = DateTimeField()  # its current (or last) run
+    last_seen = DateTimeField()  # its last sign of life
+    signing_key = CharField(null=True)  # ed25519:<base64>: its checkpoints' key (None: unreadable)
+    stopped_at = DateTimeField(null=True)  # set by a clean stop, cleared by the next start
+
+
 MODELS = [Meta, Call, Recording, ConsentEvent, AuditEntry, CallFlag, LegalHold, PurgeRun, PurgePending,
-          SubjectRequest, Restriction, Objection, CallDetail, AuditCheckpoint]
+          SubjectRequest, Restriction, Objection, CallDetail, AuditCheckpoint, Node]
 
 
 def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, object_type: str,
@@ -292,11 +312,27 @@ _INSERT_AUDIT = ("INSERT INTO audit_entry (at, actor, action, object_type, objec
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
+CHAIN_LOCK = 0x66735F6175646974  # pg_advisory_xact_lock key of the audit chain's head ("fs_audit")
+
+
+def lock_chain() -> None:
+    """Hold the audit chain's head until this transaction ends: on PostgreSQL, where nodes
+    append at once, two entries must never chain to the same head (a fork). SQLite already
+    has one writer at a time (BEGIN IMMEDIATE). Taken again in the same transaction: a no-op."""
+    db = database.obj
+    if isinstance(db, PostgresqlDatabase):
+        db.execute_sql(_LOCK_CHAIN, (CHAIN_LOCK,))
+
+
+_LOCK_CHAIN = "SELECT pg_advisory_xact_lock(%s)"
+
+
 def append_audit(actor: str, action: str, object_type: str, object_id: str, **detail) -> AuditEntry:
     """Append one audit entry, chained to the last one (call inside or outside a transaction)."""
     detail_json = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
     db = database.obj
     with db.atomic():
+        lock_chain()  # before the head is read: it stays the head until this transaction commits
         # plain SQL: this runs for every decision and seal, and peewee's query building costs more
         last = db.execute_sql(_LAST_HASH).fetchone()
         prev = last[0] if last else GENESIS_HASH

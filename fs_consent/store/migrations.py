@@ -194,8 +194,32 @@ def _to_3(db: Database) -> None:
     )
 
 
+def _to_4(db: Database) -> None:
+    """Schema 4, more than one node on one ledger: each call, recording and purge run names the
+    node (``[server] node``) it belongs to (NULL for the rows of earlier releases), and every
+    node keeps a row with its last sign of life and its signing key."""
+    migrator = SchemaMigrator.from_database(db)
+    run_operations(
+        migrator.add_column("call", "node", CharField(null=True, max_length=64)),
+        # (not add_index: peewee's column factory has an attribute of its own called "node")
+        migrator.sql('CREATE INDEX "call_node" ON "call" ("node")'),
+        migrator.add_column("recording", "node", CharField(null=True, max_length=64)),
+        migrator.add_column("purge_run", "node", CharField(null=True, max_length=64)),
+    )
+
+    class Node(_frozen_base(db)):
+        name = CharField(primary_key=True, max_length=64)
+        version = CharField()
+        started_at = DateTimeField()
+        last_seen = DateTimeField()
+        signing_key = CharField(null=True)
+        stopped_at = DateTimeField(null=True)
+
+    db.create_tables([Node], safe=False)
+
+
 #: version -> the step that upgrades a database from version - 1 to it
-STEPS: dict[int, Callable[[Database], None]] = {2: _to_2, 3: _to_3}
+STEPS: dict[int, Callable[[Database], None]] = {2: _to_2, 3: _to_3, 4: _to_4}
 
 
 # --- running them ----------------------------------------------------------------------

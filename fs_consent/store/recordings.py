@@ -26,16 +26,16 @@ from .ledger import DELETED, FAILED, RECORDING, SEALED, Recording
 
 # hand-written (``ledger.sql``): these run for every recording, in the database thread.
 # No call row: call_id NULL fails (NOT NULL) rather than attach the recording by guesswork.
-_STARTED = ("INSERT INTO recording (id, call_id, state, started_at) VALUES (?, (SELECT id FROM call WHERE "
-            "instance = ?), ?, ?) ON CONFLICT (id) DO NOTHING")
+_STARTED = ("INSERT INTO recording (id, call_id, state, started_at, node) VALUES (?, (SELECT id FROM call WHERE "
+            "instance = ?), ?, ?, ?) ON CONFLICT (id) DO NOTHING")
 _SEALED = "UPDATE recording SET state = ?, sealed_at = ?, size = ?, sha256 = ? WHERE id = ? AND state IN (?, ?)"
 _FLAGGED = ("SELECT 1 FROM call_flag WHERE call_id = (SELECT call_id FROM recording WHERE id = ?) "
             "AND kind IN (%s) LIMIT 1" % ", ".join("?" * len(holds.FLAG_KINDS)))
 
 
-def started(recording_id: str, instance: str, at: dt.datetime) -> None:
-    """The row of a recording FreeSWITCH was told to start (once; a replay changes nothing)."""
-    ledger.sql(_STARTED, (recording_id, instance, RECORDING, at))
+def started(recording_id: str, instance: str, at: dt.datetime, *, node: str | None = None) -> None:
+    """The row of a recording FreeSWITCH was told to start (once; a replay changes nothing), on ``node``."""
+    ledger.sql(_STARTED, (recording_id, instance, RECORDING, at, node))
 
 
 def sealed(recording_id: str, *, size: int, sha256: str, at: dt.datetime | None = None,

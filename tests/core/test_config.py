@@ -1,3 +1,4 @@
+import base64
 import dataclasses
 import ipaddress
 import re
@@ -314,7 +315,7 @@ def test_unreadable_file(tmp_path, env):
 def test_describe_lists_every_key(env):
     rows = load_config(env=env).describe()
     names = [name for name, _ in rows]
-    assert len(names) == len(set(names)) == 48
+    assert len(names) == len(set(names)) == 50
     shown = dict(rows)
     assert shown["server.listen"] == "127.0.0.1:8040"
     assert shown["server.allowed_peers"] == "127.0.0.1, ::1"
@@ -390,3 +391,30 @@ def test_parse_duration_rejects(text):
 def test_format_duration_round_trips(milliseconds):
     seconds = milliseconds / 1000
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, rel=1e-12, abs=1e-9)
+
+
+# --- nodes: [server] node and [audit] trusted_keys ------------------------------------------
+
+
+def test_a_node_is_named_by_the_host_name_unless_the_config_names_it(tmp_path, env):
+    import socket
+
+    assert load_config(env=env).server.node == socket.gethostname()
+    assert load_text(tmp_path, env, '[server]\nnode = "fs-2.example_A"\n').server.node == "fs-2.example_A"
+
+
+@pytest.mark.parametrize("value", ['""', '"fs 1"', '"fs/1"', f'"{"n" * 65}"', "1", '"ü"'])
+def test_a_bad_node_name_is_refused_naming_the_key(tmp_path, env, value):
+    with pytest.raises(ConfigError, match=r"^config key server\.node: expected 1 to 64 letters, digits"):
+        load_text(tmp_path, env, f"[server]\nnode = {value}\n")
+
+
+def test_trusted_keys_are_ed25519_keys_as_keys_signing_key_prints_them(tmp_path, env):
+    key = "ed25519:" + base64.b64encode(bytes(range(32))).decode()  # 32 bytes, as an Ed25519 public key
+    config = load_text(tmp_path, env, f'[audit]\ntrusted_keys = ["{key}", "{key}"]\n')
+    assert config.audit.trusted_keys == (key,)
+    assert dict(config.describe())["audit.trusted_keys"] == key
+    assert load_config(env=env).audit.trusted_keys == ()
+    for bad in ('["ed25519:short"]', '["age1qqqq"]', '"ed25519:x"'):
+        with pytest.raises(ConfigError, match=r"^config key audit\.trusted_keys: expected"):
+            load_text(tmp_path, env, f"[audit]\ntrusted_keys = {bad}\n")

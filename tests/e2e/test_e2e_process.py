@@ -116,7 +116,7 @@ def test_embedded_defaults_then_simulate_list_export(server, tmp_path):
     assert again.returncode != 0 and "refusing to overwrite" in again.stderr
 
     csv_out = server.cli("calls", "list", "--format", "csv").stdout.splitlines()
-    assert csv_out[0].startswith("uuid,outcome") and len(csv_out) == 19
+    assert csv_out[0].startswith("uuid,node,outcome") and len(csv_out) == 19
     assert server.stop() == 0
 
 

@@ -99,7 +99,7 @@ def test_a_working_installation_passes_with_one_line_per_check(install):
     assert all(parsed), lines
     names = [m.group(2) for m in parsed]
     assert names == ["config", "keys", "keys", "keys", "keys", "keys", "data-dir", "store", "spool", "spool",
-                     "disk", "database", "freeswitch"]
+                     "disk", "database", "node", "freeswitch"]
     assert "ok    keys       field.key 0600" in lines
     assert "fail" not in [m.group(1) for m in parsed]
     assert f"schema version {ledger.SCHEMA_VERSION}" in lines[names.index("database")]

@@ -1,8 +1,9 @@
-"""Schema migrations: a data dir of the previous release upgrades on start, without losing a row.
+"""Schema migrations: a data dir of an earlier release upgrades on start, without losing a row.
 
-The previous release's data dir is kept in ``tests/fixtures/schema1`` (how it was made:
-``tests/fixtures/README.md``): its ledger as SQLite's own dump and the test-only keys.
-Every test loads it into a fresh, real data dir and opens it with the current code.
+The earlier releases' data dirs are kept in ``tests/fixtures/schema1`` and ``schema3`` (how
+they were made: ``tests/fixtures/README.md``): each ledger as SQLite's own dump and the
+test-only keys. Every test loads one into a fresh, real data dir and opens it with the
+current code; most run on each of them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from peewee import IntegrityError, PostgresqlDatabase, SqliteDatabase
@@ -28,11 +31,45 @@ from fs_consent.store.connection import close_database, open_database, sqlite_ur
 
 from .. import harness as e2e
 from ..fixtures.schema1 import models as v1
+from ..fixtures.schema3 import models as v3
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "schema1"
-NEW_TABLES = {"subject_request", "restriction", "objection", "call_detail"}
-NEW_CALL_COLUMNS = ("personal_erased_at", "personal_erased_reason", "instance")
-UPGRADES = [f"ledger: upgraded the database schema from version {v - 1} to {v}" for v in (2, 3)]
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A kept data dir of a release, and what the schema gained after it."""
+
+    schema: int
+    models: ModuleType  # its tables, frozen (to build it on PostgreSQL)
+    new_tables: frozenset[str]
+    new_columns: dict  # table -> the columns added after it, in order
+    checkpoints: int  # signed checkpoints in its trail
+
+    @property
+    def path(self) -> Path:
+        return FIXTURES / f"schema{self.schema}"
+
+    @property
+    def steps(self) -> list[int]:
+        return list(range(self.schema + 1, ledger.SCHEMA_VERSION + 1))
+
+    @property
+    def upgrades(self) -> list[str]:
+        return [f"ledger: upgraded the database schema from version {v - 1} to {v}" for v in self.steps]
+
+    def __str__(self) -> str:
+        return f"schema{self.schema}"
+
+
+SCHEMA_4_COLUMNS = {"call": ("node",), "recording": ("node",), "purge_run": ("node",)}
+RELEASES = {
+    1: Release(1, v1, frozenset({"subject_request", "restriction", "objection", "call_detail", "node"}),
+               {**SCHEMA_4_COLUMNS, "call": ("personal_erased_at", "personal_erased_reason", "instance", "node")},
+               3),
+    3: Release(3, v3, frozenset({"node"}), SCHEMA_4_COLUMNS, 3),
+}
+FIXTURE = RELEASES[1].path  # the tests about schema 1 itself
 
 
 @pytest.fixture(autouse=True)
@@ -44,17 +81,17 @@ def closed_ledger():
 # --- the fixture and what is in a database ---------------------------------------------------
 
 
-def load_fixture(data_dir: Path) -> Path:
-    """The schema 1 data dir at ``data_dir``: its keys and its ledger (WAL, as the release left it)."""
+def load_fixture(data_dir: Path, release: Release = RELEASES[1]) -> Path:
+    """The release's data dir at ``data_dir``: its keys and its ledger (WAL, as the release left it)."""
     data_dir.mkdir(mode=0o700, parents=True)
-    shutil.copytree(FIXTURE / "keys", data_dir / "keys")
+    shutil.copytree(release.path / "keys", data_dir / "keys")
     os.chmod(data_dir / "keys", 0o700)
     for key_file in (data_dir / "keys").iterdir():
         os.chmod(key_file, 0o600)  # git keeps no modes; the release wrote them 0600
     path = data_dir / "ledger.db"
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=wal")
-    db.executescript((FIXTURE / "ledger.sql").read_text())
+    db.executescript((release.path / "ledger.sql").read_text())
     db.close()
     os.chmod(path, 0o600)
     return path
@@ -70,9 +107,9 @@ def dump(db: sqlite3.Connection) -> dict[str, tuple[list[str], list[tuple]]]:
     return out
 
 
-def fixture_tables() -> dict[str, tuple[list[str], list[tuple]]]:
+def fixture_tables(release: Release = RELEASES[1]) -> dict[str, tuple[list[str], list[tuple]]]:
     db = sqlite3.connect(":memory:")
-    db.executescript((FIXTURE / "ledger.sql").read_text())
+    db.executescript((release.path / "ledger.sql").read_text())
     try:
         return dump(db)
     finally:
@@ -116,9 +153,20 @@ def fs_consent(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, env=env)
 
 
+@pytest.fixture(params=sorted(RELEASES), ids=lambda schema: f"schema{schema}")
+def release(request) -> Release:
+    return RELEASES[request.param]
+
+
 @pytest.fixture
-def data_dir(tmp_path) -> Path:
-    load_fixture(tmp_path / "data")
+def data_dir(tmp_path, release) -> Path:
+    load_fixture(tmp_path / "data", release)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def schema1_dir(tmp_path) -> Path:
+    load_fixture(tmp_path / "data", RELEASES[1])
     return tmp_path / "data"
 
 
@@ -136,11 +184,22 @@ def test_the_fixture_is_a_schema_1_ledger_with_rows_in_every_table():
     assert {r[columns.index("state")] for r in recordings} == {"recording", "sealed", "deleted", "discarded", "failed"}
 
 
-def test_the_frozen_schema_1_models_make_the_fixtures_schema(tmp_path, data_dir):
-    """The PostgreSQL test builds schema 1 from ``fixtures/schema1/models.py``: it must be schema 1."""
+def test_the_schema_3_fixture_has_rows_in_every_table_with_the_subject_rights_and_instances():
+    tables = fixture_tables(RELEASES[3])
+    assert set(tables) == {m._meta.table_name for m in v3.MODELS}
+    assert all(rows for _columns, rows in tables.values()), [t for t, (_c, rows) in tables.items() if not rows]
+    assert dict(tables["meta"][1])["schema_version"] == "3"
+    columns, requests = tables["subject_request"]
+    assert {r[columns.index("kind")] for r in requests} == {"access", "erase", "restrict", "rectify", "object"}
+    columns, calls = tables["call"]
+    assert any(c[columns.index("instance")] for c in calls)
+
+
+def test_the_frozen_models_make_the_fixtures_schema(tmp_path, data_dir, release):
+    """The PostgreSQL test builds the release from ``fixtures/schemaN/models.py``: it must be that schema."""
     db = SqliteDatabase(str(tmp_path / "frozen.db"))
-    with db.bind_ctx(v1.MODELS):
-        db.create_tables(v1.MODELS)
+    with db.bind_ctx(release.models.MODELS):
+        db.create_tables(release.models.MODELS)
     db.close()
     assert sqlite_schema(tmp_path / "frozen.db") == sqlite_schema(data_dir / "ledger.db")
 
@@ -152,56 +211,57 @@ def open_ledger(data_dir: Path, **kwargs) -> None:
     open_database(sqlite_url(data_dir / "ledger.db"), **kwargs)
 
 
-def test_a_schema_1_data_dir_upgrades_without_losing_a_row(data_dir):
+def test_an_old_data_dir_upgrades_without_losing_a_row(data_dir, release):
     announced = []
     open_ledger(data_dir, announce=announced.append)
-    assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION == 3
-    assert announced == UPGRADES
+    assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION == 4
+    assert announced == release.upgrades
     close_database()
 
-    before, after = fixture_tables(), file_tables(data_dir / "ledger.db")
+    before, after = fixture_tables(release), file_tables(data_dir / "ledger.db")
     for table, (columns, rows) in before.items():
         now_columns, now_rows = after[table]
         assert now_columns[:len(columns)] == columns, table
         kept = [row[:len(columns)] for row in now_rows]
         if table == "meta":
-            assert dict(kept) == {**dict(rows), "schema_version": "3"}
+            assert dict(kept) == {**dict(rows), "schema_version": "4"}
         elif table == "audit_entry":
-            assert kept[:len(rows)] == rows  # the trail goes on after its last schema 1 entry
-            assert [r[columns.index("action")] for r in kept[len(rows):]] == ["ledger.migrate"] * 2
+            assert kept[:len(rows)] == rows  # the trail goes on after the release's last entry
+            assert [r[columns.index("action")] for r in kept[len(rows):]] == ["ledger.migrate"] * len(release.steps)
         else:
             assert kept == rows, table
-    call_columns, calls = after["call"]
-    assert call_columns[len(before["call"][0]):] == list(NEW_CALL_COLUMNS)
-    assert all(row[len(before["call"][0]):] == (None, None, None) for row in calls)
-    assert set(after) - set(before) == NEW_TABLES
-    assert all(after[t][1] == [] for t in NEW_TABLES)
+        added = now_columns[len(columns):]
+        assert tuple(added) == release.new_columns.get(table, ()), table
+        assert all(row[len(columns):] == (None,) * len(added) for row in now_rows), table  # NULL: not known
+    assert set(after) - set(before) == release.new_tables
+    assert all(after[t][1] == [] for t in release.new_tables)
 
 
 @pytest.mark.slow
-def test_the_upgrade_is_in_the_audit_trail_and_the_trail_still_verifies(data_dir):
+def test_the_upgrade_is_in_the_audit_trail_and_the_trail_still_verifies(data_dir, release):
     open_ledger(data_dir)
     steps = list(ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate")
                  .order_by(ledger.AuditEntry.seq))
     assert [(e.object_type, e.object_id, json.loads(e.detail)) for e in steps] == [
-        ("schema", "2", {"from": 1, "to": 2}), ("schema", "3", {"from": 2, "to": 3})]
-    assert steps[0].prev_hash == fixture_tables()["audit_entry"][1][-1][-1]  # chained to schema 1's last entry
+        ("schema", str(v), {"from": v - 1, "to": v}) for v in release.steps]
+    assert steps[0].prev_hash == fixture_tables(release)["audit_entry"][1][-1][-1]  # chained to its last entry
     close_database()
 
     verified = fs_consent(data_dir, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
-    assert "chain from genesis; 3 signed checkpoints valid" in verified.stdout
+    assert f"chain from genesis; {release.checkpoints} signed checkpoints valid" in verified.stdout
     listed = fs_consent(data_dir, "calls", "list", "--format", "json")
     assert listed.returncode == 0, listed.stderr
-    columns, calls = fixture_tables()["call"]
+    assert {c["node"] for c in json.loads(listed.stdout)} == {None}  # taken before nodes had names
+    columns, calls = fixture_tables(release)["call"]
     assert sorted(c["uuid"] for c in json.loads(listed.stdout)) == sorted(c[columns.index("uuid")] for c in calls)
 
 
 @pytest.mark.slow
-def test_the_cli_upgrades_an_old_data_dir_and_says_so(data_dir):
+def test_the_cli_upgrades_an_old_data_dir_and_says_so(data_dir, release):
     listed = fs_consent(data_dir, "calls", "list")
     assert listed.returncode == 0, listed.stderr
-    assert listed.stderr.strip().splitlines() == UPGRADES
+    assert listed.stderr.strip().splitlines() == release.upgrades
     again = fs_consent(data_dir, "calls", "list")
     assert again.returncode == 0 and again.stderr == ""
 
@@ -214,9 +274,10 @@ def test_the_upgraded_schema_is_the_schema_a_new_installation_gets(tmp_path, dat
     assert sqlite_schema(data_dir / "ledger.db") == sqlite_schema(tmp_path / "new" / "ledger.db")
 
 
-def test_the_new_tables_and_columns_work_on_an_upgraded_ledger(data_dir):
+def test_the_new_tables_and_columns_work_on_an_upgraded_ledger(schema1_dir):
     import datetime as dt
 
+    data_dir = schema1_dir
     open_ledger(data_dir)
     call = ledger.Call.select().where(ledger.Call.caller_hash.is_null(False)).order_by(ledger.Call.id).first()
     request = ledger.SubjectRequest.create(
@@ -250,6 +311,18 @@ def test_opening_an_upgraded_ledger_again_changes_nothing(data_dir):
     assert sha256_file(data_dir / "ledger.db") == digest
 
 
+def test_the_node_table_and_columns_work_on_an_upgraded_ledger(data_dir):
+    from fs_consent.store import nodes
+
+    open_ledger(data_dir)
+    nodes.register("fs2", version="9.9", signing_key=None)
+    nodes.register("fs2", version="10.0", signing_key="ed25519:x")  # a restart renews the row
+    assert [(n.name, n.version, n.signing_key) for n in nodes.all_nodes()] == [("fs2", "10.0", "ed25519:x")]
+    with pytest.raises(IntegrityError):  # the node's name is the key
+        ledger.Node.insert(name="fs2", version="1", started_at=ledger.utcnow(), last_seen=ledger.utcnow()).execute()
+    assert ledger.Call.select().where(ledger.Call.node == "fs2").count() == 0
+
+
 @pytest.mark.slow
 def test_the_server_starts_on_an_upgraded_data_dir_and_takes_calls(data_dir):
     server = ConsentServer(e2e.make_config(data_dir), announce=lambda _m: None)
@@ -264,7 +337,8 @@ def test_the_server_starts_on_an_upgraded_data_dir_and_takes_calls(data_dir):
         assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION
         call = ledger.Call.get(ledger.Call.uuid == result.uuid)
         assert call.outcome == "granted" and call.personal_erased_at is None
-        assert [r.state for r in call.recordings] == [ledger.SEALED]
+        assert call.node == server.config.server.node
+        assert [(r.state, r.node) for r in call.recordings] == [(ledger.SEALED, call.node)]
     finally:
         server.stop()
     assert fs_consent(data_dir, "audit", "verify").returncode == 0
@@ -276,22 +350,23 @@ def test_the_server_starts_on_an_upgraded_data_dir_and_takes_calls(data_dir):
 def test_a_ledger_newer_than_the_code_is_refused_and_left_byte_identical(data_dir):
     path = data_dir / "ledger.db"
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     db.commit()
     db.close()
     digest, files = sha256_file(path), sorted(p.name for p in data_dir.iterdir())
 
     with pytest.raises(migrations.SchemaTooNew) as refused:
         open_ledger(data_dir)
-    assert str(refused.value) == ("the ledger database has schema version 4, newer than this fs-consent "
-                                  "understands (schema version 3): upgrade fs-consent; the database was not changed")
+    assert str(refused.value) == ("the ledger database has schema version 5, newer than this fs-consent "
+                                  "understands (schema version 4): upgrade fs-consent; the database was not changed")
     listed = fs_consent(data_dir, "calls", "list")
     assert listed.returncode == 1
     assert listed.stderr == f"Error: {refused.value}\n"  # one line, no traceback
     assert sha256_file(path) == digest and sorted(p.name for p in data_dir.iterdir()) == files
 
 
-def test_a_failing_step_leaves_schema_1_with_nothing_half_done(data_dir, monkeypatch):
+def test_a_failing_step_leaves_schema_1_with_nothing_half_done(schema1_dir, monkeypatch):
+    data_dir = schema1_dir
     real_step = migrations.STEPS[2]
 
     def fails_at_the_end(db):
@@ -310,10 +385,10 @@ def test_a_failing_step_leaves_schema_1_with_nothing_half_done(data_dir, monkeyp
     assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION
 
 
-def test_without_migrate_an_old_ledger_is_only_read(data_dir):
+def test_without_migrate_an_old_ledger_is_only_read(data_dir, release):
     digest = sha256_file(data_dir / "ledger.db")
     open_ledger(data_dir, migrate=False)
-    assert migrations.read_schema_version(ledger.database) == 1
+    assert migrations.read_schema_version(ledger.database) == release.schema
     close_database()
     assert sha256_file(data_dir / "ledger.db") == digest
     with pytest.raises(migrations.SchemaError, match="no ledger database at"):
@@ -329,8 +404,8 @@ def test_every_schema_version_after_the_first_has_a_step():
 
 
 @pytest.mark.slow
-def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(data_dir):
-    """They all read version 1, then queue for the write lock (held here meanwhile): the first
+def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(data_dir, release):
+    """They all read the old version, then queue for the write lock (held here meanwhile): the first
     one upgrades, the others find it done under the lock."""
     url = sqlite_url(data_dir / "ledger.db")
     code = ("import sys; from fs_consent.store import ledger, migrations; from fs_consent.store.connection import open_database; print('ready', flush=True);"
@@ -340,14 +415,14 @@ def test_processes_opening_an_old_ledger_at_once_upgrade_it_once(data_dir):
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(4)]
     assert [p.stdout.readline() for p in procs] == ["ready\n"] * 4
-    time.sleep(0.5)  # each has read version 1 and waits at BEGIN IMMEDIATE (busy_timeout 5 s)
+    time.sleep(0.5)  # each has read the old version and waits at BEGIN IMMEDIATE (busy_timeout 5 s)
     holder.execute("COMMIT")
     holder.close()
     outcomes = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err for _out, err in outcomes]
     assert [out.strip() for out, _err in outcomes] == [str(ledger.SCHEMA_VERSION)] * 4
     open_ledger(data_dir)  # each step once
-    assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == 2
+    assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == len(release.steps)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -365,16 +440,17 @@ def pg_schema(db: PostgresqlDatabase) -> dict:
     return {"columns": rows, "indexes": indexes, "constraints": constraints}
 
 
-def schema1_on_postgresql(url: str) -> dict:
-    """Schema 1 as the release made it on PostgreSQL, holding the fixture's rows; returns those rows."""
+def release_on_postgresql(url: str, release: Release) -> dict:
+    """The release's schema as it made it on PostgreSQL, holding the fixture's rows; returns those rows."""
+    models = release.models.MODELS
     reference = SqliteDatabase(":memory:")
-    reference.connection().executescript((FIXTURE / "ledger.sql").read_text())
-    with reference.bind_ctx(v1.MODELS):
-        rows = {m: list(m.select().order_by(*m._meta.get_primary_keys()).tuples()) for m in v1.MODELS}
+    reference.connection().executescript((release.path / "ledger.sql").read_text())
+    with reference.bind_ctx(models):
+        rows = {m: list(m.select().order_by(*m._meta.get_primary_keys()).tuples()) for m in models}
     pg = connect_url(url)
-    with pg.bind_ctx(v1.MODELS):
-        pg.create_tables(v1.MODELS)
-        for model in v1.MODELS:
+    with pg.bind_ctx(models):
+        pg.create_tables(models)
+        for model in models:
             model.insert_many(rows[model], fields=list(model._meta.sorted_fields)).execute()
             if model._meta.auto_increment:  # as if the rows had been inserted one by one
                 table, pk = model._meta.table_name, model._meta.primary_key.column_name
@@ -387,26 +463,29 @@ postgresql = pytest.mark.skipif(not e2e.SERVER_URL, reason="FS_CONSENT_TEST_DATA
 
 
 @postgresql
-def test_a_schema_1_ledger_on_postgresql_upgrades_without_losing_a_row(tmp_path):
+def test_an_old_ledger_on_postgresql_upgrades_without_losing_a_row(tmp_path, release):
     old, new = e2e.TestDatabase(), e2e.TestDatabase()
+    steps = len(release.steps)
     try:
-        rows = schema1_on_postgresql(old.url)
+        rows = release_on_postgresql(old.url, release)
         open_database(old.url)
         assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION
-        with ledger.database.obj.bind_ctx(v1.MODELS):
-            for model in v1.MODELS:
+        v = release.models
+        with ledger.database.obj.bind_ctx(v.MODELS):
+            for model in v.MODELS:
                 now = list(model.select().order_by(*model._meta.get_primary_keys()).tuples())
-                if model is v1.Meta:
-                    assert dict(now) == {**dict(rows[model]), "schema_version": "3"}
-                elif model is v1.AuditEntry:
-                    assert now[:-2] == rows[model] and [e[3] for e in now[-2:]] == ["ledger.migrate"] * 2
+                if model is v.Meta:
+                    assert dict(now) == {**dict(rows[model]), "schema_version": str(ledger.SCHEMA_VERSION)}
+                elif model is v.AuditEntry:
+                    assert now[:-steps] == rows[model]
+                    assert [e[3] for e in now[-steps:]] == ["ledger.migrate"] * steps
                 else:
                     assert now == rows[model], model
-        assert ledger.Call.select().where(ledger.Call.personal_erased_at.is_null(False)
-                                          | ledger.Call.personal_erased_reason.is_null(False)).count() == 0
-        keys_dir = load_fixture(tmp_path / "data").parent / "keys"  # the keys, with their modes
+        assert ledger.Call.select().where(ledger.Call.node.is_null(False)).count() == 0
+        assert ledger.Node.select().count() == 0
+        keys_dir = load_fixture(tmp_path / "data", release).parent / "keys"  # the keys, with their modes
         verification = audit.verify_trail(audit.trusted_keys(keys_dir))
-        assert verification.ok and verification.checkpoints == 3, verification.summary()
+        assert verification.ok and verification.checkpoints == release.checkpoints, verification.summary()
         migrated = pg_schema(ledger.database.obj)
         close_database()
 
@@ -421,12 +500,12 @@ def test_a_schema_1_ledger_on_postgresql_upgrades_without_losing_a_row(tmp_path)
 
 
 @postgresql
-def test_processes_opening_an_old_ledger_on_postgresql_at_once_upgrade_it_once():
+def test_processes_opening_an_old_ledger_on_postgresql_at_once_upgrade_it_once(release):
     import psycopg
 
     target = e2e.TestDatabase()
     try:
-        schema1_on_postgresql(target.url)
+        release_on_postgresql(target.url, release)
         code = ("import sys; from fs_consent.store import ledger, migrations; from fs_consent.store.connection import open_database; print('ready', flush=True);"
                 "open_database(sys.argv[1]); print(migrations.read_schema_version(ledger.database))")
         with psycopg.connect(target.url, autocommit=True) as holder:
@@ -434,13 +513,14 @@ def test_processes_opening_an_old_ledger_on_postgresql_at_once_upgrade_it_once()
             procs = [subprocess.Popen([sys.executable, "-c", code, target.url], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True) for _ in range(4)]
             assert [p.stdout.readline() for p in procs] == ["ready\n"] * 4
-            time.sleep(0.5)  # each has read version 1 and waits for the lock
+            time.sleep(0.5)  # each has read the old version and waits for the lock
             holder.execute("SELECT pg_advisory_unlock(%s)", (migrations._PG_LOCK,))
             outcomes = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, [err for _out, err in outcomes]
         assert [out.strip() for out, _err in outcomes] == [str(ledger.SCHEMA_VERSION)] * 4
         open_database(target.url)
-        assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == 2
+        assert ledger.AuditEntry.select().where(ledger.AuditEntry.action == "ledger.migrate").count() == len(
+            release.steps)
     finally:
         close_database()
         target.drop()

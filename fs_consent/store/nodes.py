@@ -1,0 +1,106 @@
+"""The nodes sharing a ledger: who they are, which release they run, when each was last seen.
+
+Every server upserts its ``node`` row at start (:func:`register`: name, release, signing
+key) and touches ``last_seen`` every :data:`HEARTBEAT_S` through its writer
+(:class:`Heartbeat`); a clean stop sets ``stopped_at``. ``fs-consent check`` lists them
+(:func:`status`): running, stopped, or silent since its last sign of life (killed, or cut
+off from the database). A node's name is ``[server] node``; it is also on every call and
+recording the node wrote, so a node's restart settles only what is its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import gevent
+
+from . import ledger
+from .ledger import Node
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0  # how often a running node says it is alive
+SILENT_AFTER_S = 3 * HEARTBEAT_S  # no sign of life for this long (and no clean stop): silent
+
+_UPSERT = ("INSERT INTO node (name, version, started_at, last_seen, signing_key, stopped_at) "
+           "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
+           "started_at = excluded.started_at, last_seen = excluded.last_seen, "
+           "signing_key = excluded.signing_key, stopped_at = NULL")
+_SEEN = "UPDATE node SET last_seen = ? WHERE name = ?"
+_STOPPED = "UPDATE node SET last_seen = ?, stopped_at = ? WHERE name = ?"
+
+
+def register(name: str, *, version: str, signing_key: str | None, at: dt.datetime | None = None) -> None:
+    """This node starts: its row, made or renewed (a node renamed in the config gets a new row)."""
+    at = at or ledger.utcnow()
+    ledger.sql(_UPSERT, (name, version, at, at, signing_key))
+
+
+def seen(name: str, at: dt.datetime | None = None) -> None:
+    ledger.sql(_SEEN, (at or ledger.utcnow(), name))
+
+
+def stopped(name: str, at: dt.datetime | None = None) -> None:
+    at = at or ledger.utcnow()
+    ledger.sql(_STOPPED, (at, at, name))
+
+
+def all_nodes() -> list[Node]:
+    return list(Node.select().order_by(Node.name))
+
+
+def names_by_key() -> dict[str, str]:
+    """signing key -> the node that uses it (for naming a checkpoint's signer)."""
+    return {n.signing_key: n.name for n in Node.select(Node.name, Node.signing_key)
+            .where(Node.signing_key.is_null(False))}
+
+
+def state(node: Node, now: dt.datetime | None = None) -> str:
+    """``running`` (seen within SILENT_AFTER_S), ``stopped`` (a clean stop) or ``silent``."""
+    if node.stopped_at is not None:
+        return "stopped"
+    now = now or ledger.utcnow()
+    return "running" if (now - node.last_seen).total_seconds() <= SILENT_AFTER_S else "silent"
+
+
+def describe(node: Node, now: dt.datetime | None = None) -> str:
+    """One line: ``fs1 (fs-consent 1.2.0): running since ..., last seen 3 s ago``."""
+    now = now or ledger.utcnow()
+    ago = max(0, int((now - node.last_seen).total_seconds()))
+    seen_at = f"{node.last_seen.isoformat(timespec='seconds')}Z ({ago} s ago)"
+    started = node.started_at.isoformat(timespec="seconds") + "Z"
+    what = state(node, now)
+    if what == "running":
+        text = f"running since {started}, last seen {seen_at}"
+    elif what == "stopped":
+        text = f"stopped cleanly at {node.stopped_at.isoformat(timespec='seconds')}Z (started {started})"
+    else:
+        text = (f"silent: last seen {seen_at}, no clean stop (killed, or cut off from the database; "
+                f"started {started})")
+    return f"{node.name} (fs-consent {node.version}): {text}"
+
+
+class Heartbeat:
+    """The server's sign of life: ``last_seen`` every ``every`` seconds, through its writer
+    (so a slow database never stalls a call), and ``stopped_at`` at a clean stop."""
+
+    def __init__(self, writer, name: str, *, every: float = HEARTBEAT_S):
+        self.writer, self.name, self.every = writer, name, every
+        self._greenlet = None
+
+    def start(self) -> Heartbeat:
+        self._greenlet = gevent.spawn(self._run)
+        return self
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(self.every)
+            self.writer.submit(lambda: seen(self.name))
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+            self.writer.submit(lambda: stopped(self.name))
+            self.writer.flush()
