@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -52,8 +53,18 @@ class TestDatabase:
         if self.url:
             import psycopg
 
+            # FORCE ends the sessions still on it; an autovacuum worker started by the test's writes is
+            # one only a member of pg_signal_backend may end (.ci/run grants it), and it soon goes by itself
+            deadline = time.monotonic() + 30
             with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                while True:
+                    try:
+                        conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                        return
+                    except psycopg.errors.InsufficientPrivilege:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
 
 
 def make_config(data_dir: Path, config_file: Path | None = None, database: str | None = None, **consent_changes):
