@@ -34,7 +34,7 @@ from peewee import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # migrations.py upgrades older databases
+SCHEMA_VERSION = 5  # migrations.py upgrades older databases
 
 database = DatabaseProxy()
 
@@ -93,6 +93,9 @@ class Call(BaseModel):
     # schema 4: the node (``[server] node``) that took the call; NULL for calls of earlier releases
     # (one node then). Recovery after a restart ends only its own node's open calls
     node = CharField(null=True, index=True, max_length=64)
+    # schema 5: the route the call took (``[recording] route_variable``, e.g. a queue or department;
+    # not personal): the route at its first bridge with staff, else at its end
+    route = CharField(null=True, index=True, max_length=128)
 
 
 def call_row(instance: str):
@@ -281,8 +284,80 @@ class Node(BaseModel):
     stopped_at = DateTimeField(null=True)  # set by a clean stop, cleared by the next start
 
 
+# --- staff on the call and the listening room: schema version 5 --------------------------------
+
+
+class CallStaff(BaseModel):
+    """A member of staff who took (part of) a call: one row per bridge, a transfer adds the next.
+
+    The staff identifier (``[recording] staff_variable``, by default the bridged leg's callee
+    number or extension) is personal data: stored as the caller's number is, a keyed hash of
+    kind ``staff`` for look-up and a sealed value, never logged.
+    """
+
+    call = ForeignKeyField(Call, backref="staff", on_delete="CASCADE")
+    seq = IntegerField()  # 1, 2, ... in bridge order
+    staff_hash = CharField(index=True)
+    staff_sealed = BlobField()
+    route = CharField(null=True, index=True, max_length=128)  # the route variable at this bridge
+    bridged_at = DateTimeField()
+    unbridged_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("call", "seq"), True),)
+
+
+class StaffTeam(BaseModel):
+    """A member of staff in a team (``fs-consent staff add``): a coach sees the recordings of
+    the calls taken by the staff of their teams."""
+
+    staff_hash = CharField(index=True)
+    staff_sealed = BlobField()
+    team = CharField(index=True, max_length=64)
+    added_at = DateTimeField()
+    added_by = CharField()
+
+    class Meta:
+        indexes = ((("staff_hash", "team"), True),)
+
+
+class ListenAccount(BaseModel):
+    """A listening room account (``fs-consent listen account ...``)."""
+
+    name = CharField(primary_key=True, max_length=64)  # the sign-in name
+    role = CharField()  # coach | privacy_officer
+    password_hash = CharField(null=True)  # "scrypt$n$r$p$salt$hash"; None: reverse-proxy sign-in only
+    failed_signins = IntegerField(default=0)  # bad passwords since the last good one
+    locked_until = DateTimeField(null=True)
+    created_at = DateTimeField()
+    created_by = CharField()
+    disabled_at = DateTimeField(null=True)
+
+
+class ListenAccountTeam(BaseModel):
+    """A team whose recordings a coach account may hear."""
+
+    account = ForeignKeyField(ListenAccount, backref="teams", on_delete="CASCADE")
+    team = CharField(max_length=64)
+
+    class Meta:
+        indexes = ((("account", "team"), True),)
+
+
+class ListenSession(BaseModel):
+    """A signed-in browser: the cookie holds a random token, the ledger only its SHA-256."""
+
+    token_hash = CharField(primary_key=True, max_length=64)
+    account = ForeignKeyField(ListenAccount, backref="sessions", on_delete="CASCADE")
+    csrf_token = CharField()
+    created_at = DateTimeField()
+    last_seen = DateTimeField()
+    expires_at = DateTimeField(index=True)
+
+
 MODELS = [Meta, Call, Recording, ConsentEvent, AuditEntry, CallFlag, LegalHold, PurgeRun, PurgePending,
-          SubjectRequest, Restriction, Objection, CallDetail, AuditCheckpoint, Node]
+          SubjectRequest, Restriction, Objection, CallDetail, AuditCheckpoint, Node,
+          CallStaff, StaffTeam, ListenAccount, ListenAccountTeam, ListenSession]
 
 
 def entry_digest(prev_hash: str, at: dt.datetime, actor: str, action: str, object_type: str,

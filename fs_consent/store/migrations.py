@@ -218,8 +218,71 @@ def _to_4(db: Database) -> None:
     db.create_tables([Node], safe=False)
 
 
+def _to_5(db: Database) -> None:
+    """Schema 5, recordings that serve their purpose: who took each call (one row per bridge)
+    and the route it took, staff in teams, and the listening room's accounts and sessions."""
+    migrator = SchemaMigrator.from_database(db)
+    run_operations(
+        migrator.add_column("call", "route", CharField(null=True, max_length=128)),
+        migrator.sql('CREATE INDEX "call_route" ON "call" ("route")'),
+    )
+    Base = _frozen_base(db)
+
+    class Call(Base):  # referenced only
+        pass
+
+    class CallStaff(Base):
+        call = ForeignKeyField(Call, backref="+", on_delete="CASCADE")
+        seq = IntegerField()
+        staff_hash = CharField(index=True)
+        staff_sealed = BlobField()
+        route = CharField(null=True, index=True, max_length=128)
+        bridged_at = DateTimeField()
+        unbridged_at = DateTimeField(null=True)
+
+        class Meta:
+            indexes = ((("call", "seq"), True),)
+
+    class StaffTeam(Base):
+        staff_hash = CharField(index=True)
+        staff_sealed = BlobField()
+        team = CharField(index=True, max_length=64)
+        added_at = DateTimeField()
+        added_by = CharField()
+
+        class Meta:
+            indexes = ((("staff_hash", "team"), True),)
+
+    class ListenAccount(Base):
+        name = CharField(primary_key=True, max_length=64)
+        role = CharField()
+        password_hash = CharField(null=True)
+        failed_signins = IntegerField(default=0)
+        locked_until = DateTimeField(null=True)
+        created_at = DateTimeField()
+        created_by = CharField()
+        disabled_at = DateTimeField(null=True)
+
+    class ListenAccountTeam(Base):
+        account = ForeignKeyField(ListenAccount, backref="+", on_delete="CASCADE")
+        team = CharField(max_length=64)
+
+        class Meta:
+            indexes = ((("account", "team"), True),)
+
+    class ListenSession(Base):
+        token_hash = CharField(primary_key=True, max_length=64)
+        account = ForeignKeyField(ListenAccount, backref="+", on_delete="CASCADE")
+        csrf_token = CharField()
+        created_at = DateTimeField()
+        last_seen = DateTimeField()
+        expires_at = DateTimeField(index=True)
+
+    db.create_tables([CallStaff, StaffTeam, ListenAccount, ListenAccountTeam, ListenSession], safe=False)
+
+
 #: version -> the step that upgrades a database from version - 1 to it
-STEPS: dict[int, Callable[[Database], None]] = {2: _to_2, 3: _to_3, 4: _to_4}
+STEPS: dict[int, Callable[[Database], None]] = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
 
 
 # --- running them ----------------------------------------------------------------------

@@ -62,12 +62,14 @@ class Release:
         return f"schema{self.schema}"
 
 
-SCHEMA_4_COLUMNS = {"call": ("node",), "recording": ("node",), "purge_run": ("node",)}
+COLUMNS_SINCE_3 = {"call": ("node", "route"), "recording": ("node",), "purge_run": ("node",)}
+SCHEMA_5_TABLES = frozenset({"call_staff", "staff_team", "listen_account", "listen_account_team", "listen_session"})
 RELEASES = {
-    1: Release(1, v1, frozenset({"subject_request", "restriction", "objection", "call_detail", "node"}),
-               {**SCHEMA_4_COLUMNS, "call": ("personal_erased_at", "personal_erased_reason", "instance", "node")},
+    1: Release(1, v1, frozenset({"subject_request", "restriction", "objection", "call_detail", "node"}) | SCHEMA_5_TABLES,
+               {**COLUMNS_SINCE_3,
+                "call": ("personal_erased_at", "personal_erased_reason", "instance", "node", "route")},
                3),
-    3: Release(3, v3, frozenset({"node"}), SCHEMA_4_COLUMNS, 3),
+    3: Release(3, v3, frozenset({"node"}) | SCHEMA_5_TABLES, COLUMNS_SINCE_3, 3),
 }
 FIXTURE = RELEASES[1].path  # the tests about schema 1 itself
 
@@ -214,7 +216,7 @@ def open_ledger(data_dir: Path, **kwargs) -> None:
 def test_an_old_data_dir_upgrades_without_losing_a_row(data_dir, release):
     announced = []
     open_ledger(data_dir, announce=announced.append)
-    assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION == 4
+    assert migrations.read_schema_version(ledger.database) == ledger.SCHEMA_VERSION == 5
     assert announced == release.upgrades
     close_database()
 
@@ -224,7 +226,7 @@ def test_an_old_data_dir_upgrades_without_losing_a_row(data_dir, release):
         assert now_columns[:len(columns)] == columns, table
         kept = [row[:len(columns)] for row in now_rows]
         if table == "meta":
-            assert dict(kept) == {**dict(rows), "schema_version": "4"}
+            assert dict(kept) == {**dict(rows), "schema_version": "5"}
         elif table == "audit_entry":
             assert kept[:len(rows)] == rows  # the trail goes on after the release's last entry
             assert [r[columns.index("action")] for r in kept[len(rows):]] == ["ledger.migrate"] * len(release.steps)
@@ -350,15 +352,15 @@ def test_the_server_starts_on_an_upgraded_data_dir_and_takes_calls(data_dir):
 def test_a_ledger_newer_than_the_code_is_refused_and_left_byte_identical(data_dir):
     path = data_dir / "ledger.db"
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(ledger.SCHEMA_VERSION + 1),))
     db.commit()
     db.close()
     digest, files = sha256_file(path), sorted(p.name for p in data_dir.iterdir())
 
     with pytest.raises(migrations.SchemaTooNew) as refused:
         open_ledger(data_dir)
-    assert str(refused.value) == ("the ledger database has schema version 5, newer than this fs-consent "
-                                  "understands (schema version 4): upgrade fs-consent; the database was not changed")
+    assert str(refused.value) == (f"the ledger database has schema version {ledger.SCHEMA_VERSION + 1}, newer "
+                                  f"than this fs-consent understands (schema version {ledger.SCHEMA_VERSION}): upgrade fs-consent; the database was not changed")
     listed = fs_consent(data_dir, "calls", "list")
     assert listed.returncode == 1
     assert listed.stderr == f"Error: {refused.value}\n"  # one line, no traceback
