@@ -117,6 +117,7 @@ def test_staff_of_reads_only_what_names_someone():
 
 def test_the_facts_survive_the_journal():
     fact = f.StaffBridged("inst", 2, "h" * 64, b"\x01sealed", "q", f._at("2026-03-02T09:00:00"))
-    assert f.from_json(fact.to_json()) == fact
+    back = f.from_json(fact.to_json())  # times stay ISO text until apply() reads them
+    assert (type(back), back.staff_sealed, back.to_json()) == (f.StaffBridged, b"\x01sealed", fact.to_json())
     for other in (f.StaffUnbridged("inst", 2, f._at("2026-03-02T09:01:00")), f.CallRouted("inst", "q")):
-        assert f.from_json(other.to_json()) == other
+        assert f.from_json(other.to_json()).to_json() == other.to_json()
