@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from fs_consent.core import logs
 from fs_consent.secure.protect import normalise_phone
-
 from fs_consent.store import ledger
 
 from ..harness import Harness
