@@ -58,6 +58,8 @@ class FakeServices:
     prompt_id: str = "consent-nl"
     prompt_version: str = "1"
     node: str = "node-a"
+    staff_variable: str = ""
+    route_variable: str = "fs_consent_route"
     registry: dict = field(default_factory=dict)
     writer: FakeWriter = field(default_factory=FakeWriter)
     vault: FakeVault = field(default_factory=FakeVault)

@@ -67,19 +67,21 @@ class TestDatabase:
                         time.sleep(0.2)
 
 
-def make_config(data_dir: Path, config_file: Path | None = None, database: str | None = None, **consent_changes):
+def make_config(data_dir: Path, config_file: Path | None = None, database: str | None = None,
+                recording: dict | None = None, **consent_changes):
     config = load_config(config_file, data_dir=data_dir, listen="127.0.0.1:0", env={"HOME": str(data_dir)})
     storage = replace(config.storage, database=database) if database else config.storage
     return replace(config, consent=replace(config.consent, **consent_changes), storage=storage,
-                   server=replace(config.server, drain_seconds=3.0))
+                   server=replace(config.server, drain_seconds=3.0),
+                   recording=replace(config.recording, **(recording or {})))
 
 
 class Harness:
     """An in-process server on an ephemeral port, and an emulator pointed at it."""
 
-    def __init__(self, data_dir: Path, **consent_changes):
+    def __init__(self, data_dir: Path, recording: dict | None = None, **consent_changes):
         self.database = TestDatabase()
-        self.config = make_config(data_dir, database=self.database.url, **consent_changes)
+        self.config = make_config(data_dir, database=self.database.url, recording=recording, **consent_changes)
         self.server = ConsentServer(self.config, announce=lambda _m: None)
 
     def __enter__(self):

@@ -187,7 +187,7 @@ def call_row(call) -> dict:
         "duration_seconds": call.duration_seconds, "wait_seconds": call.wait_seconds,
         "consent_mode": call.consent_mode, "language": call.language, "prompt_id": call.prompt_id,
         "prompt_version": call.prompt_version, "hangup_cause": call.hangup_cause,
-        "recording_note": call.recording_note,
+        "recording_note": call.recording_note, "route": call.route,
     }
 
 
@@ -230,7 +230,9 @@ def calls_list(ctx: Context, limit, outcome, node, fmt):
 @pass_ctx
 def calls_show(ctx: Context, call_uuid, fmt):
     """Show one call: consent history, agent flags, legal holds, restriction, rectified
-    fields (names only) and whether its personal fields were erased. Never the number."""
+    fields (names only), whether its personal fields were erased, its route and the staff who
+    took it (one entry per bridge, in order: seq, their identifier, the route then, when
+    bridged and unbridged; the identifier is opened with the field key). Never the number."""
     from ..privacy import subjects
     from ..store import holds
 
@@ -252,7 +254,39 @@ def calls_show(ctx: Context, call_uuid, fmt):
     row["details"] = ",".join(sorted(d.field for d in call.details))
     row["personal_erased"] = (f"{when(call.personal_erased_at)} ({call.personal_erased_reason})"
                               if call.personal_erased_at else "")
+    row["staff"] = "; ".join(_staff_lines(ctx, call))
     click.echo(render([row], fmt, single=True))
+
+
+def _staff_lines(ctx: Context, call) -> list[str]:
+    """``1 1001 (vergunningen) 09:00:05Z..09:03:10Z``: a bridge each; ``(erased)`` once the
+    employee's data was erased, the pseudonym when the field key cannot be read."""
+    from ..privacy import staff
+    from ..privacy.subjects import protector_for
+    from ..secure import keys
+
+    rows = list(call.staff.order_by(call.staff.model.seq))
+    if not rows:
+        return []
+    try:
+        protector = protector_for(Path(ctx.config().storage.keys_dir))
+    except keys.KeyFileError:
+        protector = None
+    lines = []
+    for row in rows:
+        if row.staff_hash == staff.ERASED_HASH:
+            who = "(erased)"
+        elif protector is None:
+            who = f"staff {staff.short(row.staff_hash)} (no field key)"
+        else:
+            try:
+                who = staff.opened(protector, row.staff_sealed) or "(erased)"
+            except Exception:  # noqa: BLE001 - one unreadable seal does not hide the call
+                who = f"staff {staff.short(row.staff_hash)} (unreadable)"
+        until = f"{row.unbridged_at.isoformat(timespec='seconds')}Z" if row.unbridged_at else "..."
+        route = f" ({row.route})" if row.route else ""
+        lines.append(f"{row.seq} {who}{route} {row.bridged_at.isoformat(timespec='seconds')}Z..{until}")
+    return lines
 
 
 @main.group("recordings")
@@ -266,14 +300,30 @@ recordings_group.add_command(recordings_play)
 @recordings_group.command("list")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--state", type=click.Choice(["recording", "sealed", "deleted", "discarded", "failed"]))
+@click.option("--staff", "staff_id", metavar="ID",
+              help="Only the recordings of calls this member of staff took (their extension or "
+                   "[recording] staff_variable value; '-' reads it from stdin). Found by its keyed hash.")
 @format_option
 @pass_ctx
-def recordings_list(ctx: Context, limit, state, fmt):
+def recordings_list(ctx: Context, limit, state, staff_id, fmt):
     """List recordings, newest first."""
     ledger = ctx.ledger()
     query = ledger.Recording.select().order_by(ledger.Recording.started_at.desc()).limit(limit)
     if state:
         query = query.where(ledger.Recording.state == state)
+    if staff_id is not None:
+        from ..privacy import staff, subjects
+        from ..privacy.errors import SubjectError
+        from ..secure import keys
+        from .options import stdin_if_dash
+
+        try:
+            hashed = staff.staff_hash(subjects.protector_for(Path(ctx.config().storage.keys_dir)),
+                                      stdin_if_dash(staff_id))
+        except (SubjectError, keys.KeyFileError) as exc:  # one line, never the identifier
+            raise click.ClickException(str(exc)) from None
+        query = query.where(ledger.Recording.call.in_(
+            ledger.CallStaff.select(ledger.CallStaff.call).where(ledger.CallStaff.staff_hash == hashed)))
     vault = ctx.vault()
     click.echo(render([recording_row(r, vault) for r in query], fmt))
 
@@ -527,6 +577,7 @@ from .keys import register as register_keys  # noqa: E402 - keys init, keys sign
 from .ops import register as register_ops  # noqa: E402 - check
 from .requests import register as register_requests  # noqa: E402 - the subject request register
 from .retention import register as register_retention  # noqa: E402 - retention, hold, police export
+from .staff import register as register_staff  # noqa: E402 - staff add/remove/list
 from .subject import register as register_subject  # noqa: E402 - subject find/erase/restrict/...
 
 register_retention(main)
@@ -534,5 +585,6 @@ register_audit(main)
 register_ops(main)
 register_requests(main)
 register_subject(main)
+register_staff(main)
 register_keys(main)
 accept_data_options_everywhere(main)

@@ -16,11 +16,38 @@ import click
 
 from ..privacy.errors import SubjectError
 from ..store import audit_actions
-from .options import legal_claim_option, phone_option, request_option, stdin_if_dash
+from .options import PHONE_HELP, legal_claim_option, phone_option, request_option, stdin_if_dash
 from .output import render
 from .types import format_option
 
 pass_ctx = click.pass_obj
+
+#: find, export and erase name either a caller (--phone) or an employee (--staff)
+either_phone = click.option("--phone", "number", metavar="NUMBER", help=PHONE_HELP + " Or --staff.")
+either_staff = click.option(
+    "--staff", "staff_id", metavar="ID",
+    help="Instead of --phone: a member of staff, as the ledger records who took a call (their extension, "
+         "or the [recording] staff_variable value); '-' reads it from stdin. Found by its keyed hash.")
+
+
+def _one_subject(number, staff_id, **not_for_staff) -> None:
+    if (number is None) == (staff_id is None):
+        raise click.UsageError("name the subject: --phone NUMBER (a caller) or --staff ID (a member of staff)")
+    if staff_id is not None:
+        given = [name for name, value in not_for_staff.items() if value]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} is for a caller (--phone), not with --staff")
+
+
+def _staff_hash(ctx, staff_id: str) -> str:
+    from ..privacy import staff, subjects
+    from ..secure import keys
+
+    ctx.ledger()
+    try:
+        return staff.staff_hash(subjects.protector_for(Path(ctx.config().storage.keys_dir)), stdin_if_dash(staff_id))
+    except (SubjectError, keys.KeyFileError) as exc:
+        _fail(exc)
 
 
 def register(main: click.Group) -> None:
@@ -29,7 +56,8 @@ def register(main: click.Group) -> None:
 
 @click.group("subject")
 def subject_group():
-    """Data subject rights for one caller: find, erase, restrict, rectify, object.
+    """Data subject rights for one caller: find, erase, restrict, rectify, object; and for
+    a member of staff (--staff ID): find, export, erase.
 
     The caller is named by their phone number, found through its keyed hash (never by
     decrypting the ledger); every written form of a number finds the same calls. Each
@@ -93,23 +121,31 @@ def _objection_line(caller_hash: str) -> str:
 # --- find -----------------------------------------------------------------------------
 
 
-@subject_group.command("find", short_help="List the calls from a number (no number shown).")
-@phone_option
+@subject_group.command("find", short_help="List the calls from a number, or taken by staff (no number shown).")
+@either_phone
+@either_staff
 @click.option("--request", "ref", metavar="REF", help="The request this look-up is for (named in the audit trail).")
 @format_option
 @pass_ctx
-def find(ctx, number, ref, fmt):
+def find(ctx, number, staff_id, ref, fmt):
     """List the calls from a number: one row per call with its outcome, recordings (id:state),
     active legal holds, active restriction (its request) and rectified details; then whether
     an objection is in force (on stderr for json and csv).
 
+    With --staff instead: the calls a member of staff took, one row per call with its
+    outcome, route, their part (the bridge seq(s), when they were bridged and unbridged)
+    and its recordings; then their teams.
+
     Calls whose personal data was erased (by an erasure or by retention) are not found.
-    The look-up is audited (with the request, if given; never the number).
+    The look-up is audited (with the request, if given; never the number or identifier).
     """
     from ..privacy import subjects
     from ..privacy.subject_requests import RequestError, get
     from ..store import ledger
 
+    _one_subject(number, staff_id)
+    if staff_id is not None:
+        return _find_staff(ctx, _staff_hash(ctx, staff_id), ref, fmt)
     caller_hash = _caller_hash(ctx, number)
     try:
         request = get(ref) if ref else None
@@ -123,16 +159,35 @@ def find(ctx, number, ref, fmt):
     click.echo(_objection_line(caller_hash), err=fmt != "table")
 
 
+def _find_staff(ctx, hashed: str, ref: str | None, fmt: str) -> None:
+    from ..privacy import staff
+    from ..privacy.subject_requests import RequestError, get
+    from ..store import ledger
+
+    try:
+        request = get(ref) if ref else None
+    except RequestError as exc:
+        _fail(exc)
+    calls = list(staff.calls_of(hashed))
+    rows = staff.overview(hashed, calls)
+    teams = [t.team for t in staff.teams_of(hashed)]
+    ledger.append_audit(ledger.os_user(), audit_actions.SUBJECT_FIND, "request" if request else "subject",
+                        request.ref if request else "-", subject="staff", calls=len(calls))
+    click.echo(render(rows, fmt))
+    click.echo(f"teams: {', '.join(teams) if teams else 'none'}", err=fmt != "table")
+
+
 # --- erase ----------------------------------------------------------------------------
 
 
-@subject_group.command("erase", short_help="Erase a number's recordings and personal data (art. 17).")
-@phone_option
+@subject_group.command("erase", short_help="Erase a number's (or an employee's) personal data (art. 17).")
+@either_phone
+@either_staff
 @request_option
 @click.option("--recordings-only", is_flag=True, help="Delete the recordings; keep the calls' personal fields.")
 @click.option("--call", "call_uuid", metavar="UUID", help="Only this call (it must be from the number given).")
 @pass_ctx
-def erase(ctx, number, ref, recordings_only, call_uuid):
+def erase(ctx, number, staff_id, ref, recordings_only, call_uuid):
     """Erase a number's data (art. 17; needs a request of kind erase).
 
     Deletes the recordings of the number's ended calls (every byte: store and spool) and,
@@ -144,10 +199,29 @@ def erase(ctx, number, ref, recordings_only, call_uuid):
     its number; the rest is erased and the exit status is 1. Calls still in progress
     (or whose recording is still being sealed) are skipped and named: run it again
     once they have ended. An objection stays in force (withdraw-objection ends it).
+
+    With --staff instead: erases a member of staff's identifier from every call they took
+    (its hash and sealed value are replaced: the calls no longer say who took them) and
+    their team memberships. The calls and their recordings stay: they are the callers'
+    data, under the callers' consent and retention.
     """
     from ..privacy import objections, subjects
     from ..store import ledger
 
+    _one_subject(number, staff_id, recordings_only=recordings_only, call=call_uuid)
+    if staff_id is not None:
+        from ..privacy import staff
+
+        hashed = _staff_hash(ctx, staff_id)
+        request = _request(ctx, ref, "erase")
+        try:
+            done = staff.erase(hashed, request, actor=ledger.os_user())
+        except SubjectError as exc:
+            _fail(exc)
+        click.echo(f"request {done.request}: erased the staff identifier from {done.bridges} bridge(s) of "
+                   f"{len(done.calls)} call(s)" + (f" ({', '.join(done.calls)})" if done.calls else "")
+                   + f" and {len(done.teams)} team membership(s)" + (f" ({', '.join(done.teams)})" if done.teams else ""))
+        return
     caller_hash = _caller_hash(ctx, number)
     request = _request(ctx, ref, "erase")
     storage = ctx.config().storage
@@ -280,7 +354,8 @@ def withdraw_objection(ctx, number, ref):
 
 
 @subject_group.command("export", short_help="Right of access (art. 15): export a number's calls and recordings.")
-@phone_option
+@either_phone
+@either_staff
 @request_option
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="The export directory: created 0700; an existing one must be empty. Never overwritten.")
@@ -292,7 +367,7 @@ def withdraw_objection(ctx, number, ref):
 @click.option("--timezone", default="Europe/Amsterdam", show_default=True,
               help="Zone of the times in summary.html: UTC or a name like Europe/Amsterdam (calls.json is UTC).")
 @pass_ctx
-def subject_export(ctx, number, ref, out, to_recipient, identity, legal_claim, timezone):
+def subject_export(ctx, number, staff_id, ref, out, to_recipient, identity, legal_claim, timezone):
     """Right of access (art. 15): everything held about a caller's calls, for the requester.
 
     Writes summary.html (one readable page, Dutch and English), calls.json (the same,
@@ -301,9 +376,31 @@ def subject_export(ctx, number, ref, out, to_recipient, identity, legal_claim, t
     without calls still gets a summary saying nothing is held. Recordings of a restricted
     call are left out (the summary says so) unless --legal-claim is given. Needs an
     access request in the register; audited under its reference, never with the number.
+
+    With --staff instead (an employee's access request): staff.json and summary.html with
+    the calls they took (times, route, outcome, their bridges), their teams, and the ids
+    of those calls' recordings. The recordings themselves are not exported: they hold the
+    callers' voices and numbers, which are not the employee's to receive; the privacy
+    officer can play a recording with them where that is justified.
     """
     from ..privacy import subject_export as access
     from ..store.ledger import os_user
+
+    _one_subject(number, staff_id, to_recipient=to_recipient, identity=identity, legal_claim=legal_claim)
+    if staff_id is not None:
+        from ..privacy import staff
+
+        hashed = _staff_hash(ctx, staff_id)
+        request = _request(ctx, ref, "access")
+        try:
+            doc = staff.export(hashed, request, out, actor=os_user())
+        except SubjectError as exc:
+            _fail(exc)
+        listed = sum(len(c["recordings"]) for c in doc["calls"])
+        click.echo(f"wrote the staff access export for request {ref} to {out}: {len(doc['calls'])} call(s), "
+                   f"{len(doc['teams'])} team(s), {listed} recording id(s) listed (not exported); "
+                   f"{staff.STAFF_SUMMARY}, {staff.STAFF_JSON}")
+        return
 
     config = ctx.config()
     ctx.ledger()

@@ -133,6 +133,11 @@ class RecordingConfig:
     stereo: bool
     bridge_only: bool
     mask_on_hold: bool
+    #: the channel variable naming who took the call (e.g. mod_callcenter's ``cc_agent``);
+    #: "": the bridged leg's destination number (the extension dialed)
+    staff_variable: str
+    #: the channel variable naming the route (queue, department) the call took; "": none
+    route_variable: str
 
 
 @dataclass(frozen=True)
@@ -473,6 +478,22 @@ def _app_arg(raw, base) -> str:
     return text
 
 
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _channel_variable(raw, base) -> str:
+    """A FreeSWITCH channel variable's name (``cc_agent``), or "" for none."""
+    text = _string(raw, 'a channel variable name like "cc_agent", or "" for none')
+    if text and not _VARIABLE.fullmatch(text):
+        raise ValueError(
+            "expected a channel variable name: up to 64 letters, digits and _, not starting with a "
+            f"digit (like \"cc_agent\"; without \"variable_\" or ${{}}), got {_brief(raw)}"
+        )
+    if text.startswith("variable_"):
+        raise ValueError(f'name the variable without the "variable_" prefix of the event header, got {_brief(raw)}')
+    return text
+
+
 def _path(raw, base) -> Path:
     if isinstance(raw, Path):
         raw = str(raw)
@@ -722,6 +743,8 @@ _SCHEMA: dict = {
         "stereo": _Key(_boolean, True, _show_bool),
         "bridge_only": _Key(_boolean, True, _show_bool),
         "mask_on_hold": _Key(_boolean, True, _show_bool),
+        "staff_variable": _Key(_channel_variable, "", lambda v: v or "(none: the bridged leg's destination number)"),
+        "route_variable": _Key(_channel_variable, "fs_consent_route", lambda v: v or "(none)"),
     },
     "logging": {
         "level": _Key(_choice("debug", "info", "warning", "error"), "info"),

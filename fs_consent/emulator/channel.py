@@ -235,19 +235,23 @@ class Channel:
         self.vars.set("transfer_history", source)
         self.vars.set("transfer_source", source)
 
-    def bridge_to(self, agent_uuid: str) -> None:
-        self.bridged_us = now_us()
+    def bridge_to(self, agent_uuid: str, extension: str = "agent") -> None:
+        """Bridged to the phone of ``extension`` (``bridge user/<extension>``): the other leg's
+        destination is the extension dialed (capture s18: ``Other-Leg-Destination-Number``)."""
+        at = now_us()
+        if not self.bridged_us:
+            self.bridged_us = at  # the first bridge (bridge_stamp, waitsec)
         self.other_leg = Profile(
             direction="outbound",
             caller_name=self.profile.caller_name,
             caller_number=self.profile.caller_number,
             callee_name="Outbound Call",
-            callee_number="agent",
-            destination="agent",
+            callee_number=extension,
+            destination=extension,
             unique_id=agent_uuid,
             source="mod_sofia",
-            channel_name="sofia/internal/agent@127.0.0.1",
-            created_us=self.bridged_us,
+            channel_name=f"sofia/internal/{extension}@127.0.0.1",
+            created_us=at,
         )
         for name, value in [
             ("bridge_channel", self.other_leg.channel_name),

@@ -42,8 +42,18 @@ class CallerScript:
     #: event (DESIGN §7, s19) until the app plays something (a sendmsg then runs at once,
     #: beside the target's app, and reads them).  The caller hangs up after ``talk_seconds``.
     transfer_without_bridge: bool = False
-    #: Bridged time; then the agent hangs up.
+    #: Bridged time (with each member of staff, ``staff``); then the agent hangs up.
     talk_seconds: float = 0.3
+    #: Who takes the call, in order: the extension (or agent) each bridge reaches. One: one
+    #: bridge. More: a transfer between them: CHANNEL_UNBRIDGE, then a CHANNEL_BRIDGE to the
+    #: next, with that leg's ``Other-Leg-*`` headers. Empty: one bridge to the extension "agent".
+    staff: list[str] = field(default_factory=list)
+    #: The channel variable that names the member of staff on our channel at each bridge (as
+    #: mod_callcenter's ``cc_agent``), set before the bridge; None: only the bridged leg says it.
+    staff_variable: str | None = None
+    #: The route (queue, department) the menu sets in ``route_variable`` before the first bridge.
+    route: str | None = None
+    route_variable: str = "fs_consent_route"
     #: (seconds after the bridge, digits): caller keys while bridged, one DTMF event per digit
     #: (after a ``transfer_without_bridge``: seconds after the transfer, and no events).
     caller_keys: list[tuple[float, str]] = field(default_factory=list)

@@ -146,6 +146,7 @@ class CallSession:
         self._record_started = False
         self._bridged = False
         self._bridges = 0
+        self._legs: list[tuple[str, str]] = []  # Bridge-A/B-Unique-ID of the bridge that is up
         self._meta: dict[str, _MetaBinding] = {}
         self._pagd_runs = 0
         self._last_decision: float | None = None
@@ -1032,14 +1033,35 @@ class CallSession:
         if not script.bridge:
             self._hangup("NORMAL_CLEARING")
             return
-        channel = self.channel
+        if script.route is not None:  # the menu's <action application="set" data="route=..."/>
+            self._set_var(script.route_variable, script.route)
+        staff = script.staff or ["agent"]
+        for extension in staff:  # more than one: transferred on to the next member of staff
+            if not self._bridge(extension):
+                return
+            talked = self._sleep(script.talk_seconds)
+            self._unbridge()
+            if not talked:
+                return
+        self._hangup("NORMAL_CLEARING")
+
+    def _bridge(self, extension: str) -> bool:
+        """A CHANNEL_BRIDGE to ``extension``'s phone; the script's keys, holds and hang-up are
+        timed from the first bridge. False if the call ended before it."""
+        if self._hung.is_set():
+            return False
+        script, channel = self._script, self.channel
+        if script.staff_variable:
+            self._set_var(script.staff_variable, extension)
         agent_uuid = str(uuidlib.uuid4())
-        legs = [("Bridge-A-Unique-ID", channel.uuid), ("Bridge-B-Unique-ID", agent_uuid)]
-        channel.bridge_to(agent_uuid)
+        self._legs = [("Bridge-A-Unique-ID", channel.uuid), ("Bridge-B-Unique-ID", agent_uuid)]
+        channel.bridge_to(agent_uuid, extension)
         self._bridges += 1
         self._bridged = True
         self._update_recordings(bridged=True)
-        self._emit("CHANNEL_BRIDGE", before=legs)
+        self._emit("CHANNEL_BRIDGE", before=self._legs)
+        if self._bridges > 1:
+            return True
         for delay, digits in script.caller_keys:
             self._spawn_after(delay, self._caller_keys, digits, bridged=True)
         for delay, digits in script.agent_keys:
@@ -1049,12 +1071,12 @@ class CallSession:
             self._spawn_after(start + length, self._unhold, bridged=True)
         if script.caller_hangup_after is not None:
             self._spawn_after(script.caller_hangup_after, self._caller_hangup, bridged=True)
-        talked = self._sleep(script.talk_seconds)
+        return True
+
+    def _unbridge(self) -> None:
         self._bridged = False
         self._update_recordings(bridged=False)
-        self._emit("CHANNEL_UNBRIDGE", before=legs)
-        if talked:
-            self._hangup("NORMAL_CLEARING")
+        self._emit("CHANNEL_UNBRIDGE", before=self._legs)
 
     def _transfer_away(self) -> None:
         """The menu transfers the call to a target that does not bridge (DESIGN §7, s19):

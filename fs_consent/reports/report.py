@@ -2,13 +2,16 @@
 
 Calls per day and per hour of the day, duration and wait time (mean, median, p90),
 consent outcomes and their rates, recordings stored / deleted by reason / held,
-retention compliance (anything stored past its term is a violation, listed) and the
-subject-request register (open, overdue, decided, extended; overdue ones listed).
+retention compliance (anything stored past its term is a violation, listed), the
+subject-request register (open, overdue, decided, extended; overdue ones listed), and per
+team (``staff add``: a call counts for every team of the staff who took it) and per route
+(``[recording] route_variable``): calls, wait, duration and the rate recorded with consent.
 
 The report is built in one pass over the calls (memory: two float arrays for the
 percentiles and one counter per day) and rendered as a table, JSON, CSV or one
 self-contained HTML file whose charts are inline SVG (no script, no network).
-No phone number or other personal field is read: only pseudonymous ids.
+No phone number or other personal field is read: only pseudonymous ids (teams are matched
+to the staff who took a call by the keyed hash, never by opening an identifier).
 """
 
 from __future__ import annotations
@@ -200,7 +203,54 @@ def build_report(config, *, since: dt.datetime | None = None, until: dt.datetime
         },
     }
     report["subject_requests"] = subject_requests(_local(now, zone).date())
+    report["teams"], report["routes"] = per_team_and_route(since, until)
     return report
+
+
+NO_ROUTE = "(no route)"
+
+
+def _group_rows(groups: dict, key: str) -> list[dict]:
+    rows = []
+    for name in sorted(groups, key=lambda n: (n == NO_ROUTE, n)):
+        g = groups[name]
+        wait, duration = _stats(g["waits"]), _stats(g["durations"])
+        rows.append({key: name, "calls": g["calls"], "wait_mean": wait["mean"], "wait_median": wait["median"],
+                     "duration_mean": duration["mean"], "duration_median": duration["median"],
+                     "granted": g["granted"], "consent_rate": round(g["granted"] / g["calls"], 4)})
+    return rows
+
+
+def per_team_and_route(since: dt.datetime | None, until: dt.datetime | None) -> tuple[list[dict], list[dict]]:
+    """Calls, wait, duration and consent rate (granted / calls) per team and per route.
+
+    A call counts once for each team of the staff who took it (two colleagues of one team:
+    once); calls nobody of a team took are in no team row. Every call of the period has a
+    route row, ``(no route)`` when its route variable was not set."""
+    Call, CallStaff, StaffTeam = ledger.Call, ledger.CallStaff, ledger.StaffTeam
+
+    def tally(groups, name, duration, wait, outcome):
+        g = groups.setdefault(name, {"calls": 0, "granted": 0, "waits": array("d"), "durations": array("d")})
+        g["calls"] += 1
+        g["granted"] += outcome == consent.GRANTED
+        if duration is not None:
+            g["durations"].append(duration)
+        if wait is not None:
+            g["waits"].append(wait)
+
+    routes: dict = {}
+    query = _calls_in(Call.select(Call.route, Call.duration_seconds, Call.wait_seconds, Call.outcome),
+                      since, until).tuples()
+    for route, duration, wait, outcome in query.iterator():
+        tally(routes, route or NO_ROUTE, duration, wait, outcome)
+    teams: dict = {}
+    query = _calls_in(Call.select(StaffTeam.team, Call.id, Call.duration_seconds, Call.wait_seconds, Call.outcome)
+                      .join(CallStaff, on=(CallStaff.call == Call.id))
+                      .join(StaffTeam, on=(StaffTeam.staff_hash == CallStaff.staff_hash))
+                      .distinct(), since, until).tuples()
+    for team, _id, duration, wait, outcome in query.iterator():
+        tally(teams, team, duration, wait, outcome)
+    return _group_rows(teams, "team"), _group_rows(routes, "route")
 
 
 def subject_requests(today: dt.date) -> dict:
@@ -266,6 +316,14 @@ def render_table(r: dict) -> str:
                 f"{sr['refused']} refused, {sr['extended']} extended"]
     for q in sr["overdue_requests"]:
         out.append(f"  request {q['ref']} ({q['kind']}): due {q['due']}, {q['days_overdue']} day(s) overdue")
+    for key, title in (("teams", "per team"), ("routes", "per route")):
+        rows = r.get(key) or []
+        out += ["", f"{title}:" + ("" if rows else " (none)")]
+        if rows:
+            out.append(f"  {'':24}{'calls':>8}{'wait (s)':>10}{'duration':>10}{'consent':>9}")
+        for g in rows:
+            out.append(f"  {g[key[:-1]]:24}{g['calls']:>8}{'-' if g['wait_mean'] is None else g['wait_mean']:>10}"
+                       f"{'-' if g['duration_mean'] is None else g['duration_mean']:>10}{_pct(g['consent_rate']):>9}")
     return "\n".join(out)
 
 
@@ -310,6 +368,12 @@ def render_csv(r: dict) -> str:
         w.writerow(["subject_requests", k, sr[k], ""])
     for q in sr["overdue_requests"]:
         w.writerow(["subject_request_overdue", q["ref"], q["days_overdue"], ""])
+    for key in ("teams", "routes"):
+        for g in r.get(key) or []:
+            name = g[key[:-1]]
+            w.writerow([key[:-1], f"{name}:calls", g["calls"], g["consent_rate"]])
+            for figure in ("wait_mean", "wait_median", "duration_mean", "duration_median", "granted"):
+                w.writerow([key[:-1], f"{name}:{figure}", "" if g[figure] is None else g[figure], ""])
     return buf.getvalue().rstrip("\n")
 
 
@@ -466,6 +530,15 @@ def render_html(r: dict) -> str:
                 + ('<p class="bad">Overdue: undecided past the due date.</p><table><tr><th>request</th>'
                    "<th>kind</th><th>due</th><th>days overdue</th></tr>" + late + "</table>" if late else "")
                 + "</section>")
+    for key, title in (("teams", "Per team"), ("routes", "Per route")):
+        groups = r.get(key) or []
+        cells = "".join(f"<tr><td>{_e(g[key[:-1]])}</td><td class=n>{g['calls']}</td>"
+                        f"<td class=n>{_fmt_seconds(g['wait_mean'])}</td><td class=n>{_fmt_seconds(g['duration_mean'])}</td>"
+                        f"<td class=n>{_pct(g['consent_rate'])}</td></tr>" for g in groups)
+        body.append(f'<section id="{key}"><h2>{title}</h2>'
+                    + (f"<table><tr><th>{key[:-1]}</th><th>calls</th><th>mean wait</th><th>mean duration</th>"
+                       f"<th>recorded with consent</th></tr>{cells}</table>" if groups else
+                       f"<p>No {key} in this period.</p>") + "</section>")
     body.append("</main>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -105,6 +105,8 @@ class CallServices(Protocol):
     prompt_id: str
     prompt_version: str
     node: str  # [server] node: on the call's and its recordings' rows
+    staff_variable: str  # [recording] staff_variable ("": the bridged leg's destination number)
+    route_variable: str  # [recording] route_variable ("": no route)
     registry: dict  # live calls: instance -> CallSession
     writer: LedgerWrites
     protector: Protector
@@ -173,6 +175,40 @@ class CallFacts:
     hangup_cause: str | None = None
     objection: bool | None = False  # the number objects to recording (art. 21); None: the ledger could not say
     recording_note: str | None = None  # why the call may not be recorded at all (None: it may)
+    route: str | None = None  # [recording] route_variable: at the first bridge that has one, else at the end
+    staff_seq: int = 0  # CallStaff rows written (bridges whose member of staff was known)
+    bridge_leg: str | None = None  # the other leg of the bridge that is up (None: not bridged)
+    bridge_seq: int | None = None  # its CallStaff seq (None: no staff identifier for it)
+
+
+#: what a bridged leg's number fields hold when they name nobody (loopback's callee is its context)
+_NO_STAFF = frozenset({"", "_undef_", "undef", "unknown", "anonymous", "default", "outbound call", "0000000000"})
+MAX_ROUTE = 128  # Call.route, CallStaff.route
+MAX_STAFF = 256  # a longer identifier is no extension or agent name: not recorded
+
+
+def staff_of(ev: esl.Event, variable: str) -> str | None:
+    """Who took the call at this CHANNEL_BRIDGE, as FreeSWITCH says it; None if nobody is named.
+
+    ``variable`` set: the channel variable (``variable_<name>``: our channel's variables come with
+    the event, ``myevents`` in full mode), e.g. mod_callcenter's ``cc_agent``. Otherwise the bridged
+    leg's destination number, the extension dialed (``Other-Leg-Destination-Number``; capture s18:
+    ``Other-Leg-Callee-ID-Number`` holds loopback's context there), else its callee number.
+    """
+    candidates = ([ev.get(f"variable_{variable}")] if variable else
+                  [ev.get("Other-Leg-Destination-Number"), ev.get("Other-Leg-Callee-ID-Number")])
+    for value in candidates:
+        text = (value or "").strip()
+        if text.lower() not in _NO_STAFF and len(text) <= MAX_STAFF and text.isprintable():
+            return text
+    return None
+
+
+def route_of(ev: esl.Event, variable: str) -> str | None:
+    if not variable:
+        return None
+    text = (ev.get(f"variable_{variable}") or "").strip()
+    return text[:MAX_ROUTE] if text and text.isprintable() else None
 
 
 def _multi_safe(value: str) -> bool:
@@ -403,15 +439,64 @@ class CallSession:
         elif name == "CHANNEL_ANSWER":
             self.facts.answered_at = self.ctx.now()
         elif name == "CHANNEL_BRIDGE":
+            now = self.ctx.now()
             if self.facts.bridged_at is None:
-                self.facts.bridged_at = self.ctx.now()
+                self.facts.bridged_at = now
+            self._guarded(self._bridged, ev, now)
+        elif name == "CHANNEL_UNBRIDGE":
+            self._guarded(self._unbridged, ev, self.ctx.now())
         elif name == "CHANNEL_HOLD":
             self._feed(consent.Held())
         elif name == "CHANNEL_UNHOLD":
             self._feed(consent.Unheld())
         elif name == "CHANNEL_HANGUP":
             self.facts.hangup_cause = ev.get("Hangup-Cause")
+            self._guarded(self._route, ev)
             self._feed(consent.HungUp(self.facts.hangup_cause or ""))
+
+    # --- who took the call, and its route -------------------------------------------------
+
+    def _guarded(self, method, *args) -> None:
+        """Staff and route are for the ledger: a failure there costs the call nothing."""
+        try:
+            method(*args)
+        except Exception as exc:  # noqa: BLE001 - never the identifier, only what went wrong
+            log.error("call %s: cannot record the staff or route (%s)", self.facts.uuid, type(exc).__name__)
+
+    def _route(self, ev: esl.Event) -> None:
+        route = route_of(ev, self.ctx.route_variable)
+        if route is not None and self.facts.route is None:
+            self.facts.route = route
+            self.ctx.writer.record(ledger_facts.CallRouted(self.facts.instance, route))
+
+    def _bridged(self, ev: esl.Event, now: dt.datetime) -> None:
+        """A bridge: a CallStaff row for its member of staff (the next seq); a transfer to a
+        colleague unbridges and bridges again, or bridges the new leg at once (then the
+        bridge that was up ends here)."""
+        facts = self.facts
+        leg = ev.get("Other-Leg-Unique-ID") or ev.get("Bridge-B-Unique-ID") or ""
+        if facts.bridge_leg is not None:
+            if leg == facts.bridge_leg:
+                return  # the same bridge, told again
+            self._unbridged(ev, now)
+        facts.bridge_leg, facts.bridge_seq = leg, None
+        self._route(ev)
+        staff = staff_of(ev, self.ctx.staff_variable)
+        if staff is None:
+            log.info("call %s: bridged, but no staff identifier in the event: not recorded", facts.uuid)
+            return
+        protector = self.ctx.protector
+        staff_hash, sealed = protector.lookup_hash("staff", staff), protector.seal("staff", staff)
+        facts.staff_seq += 1
+        facts.bridge_seq = facts.staff_seq
+        self.ctx.writer.record(ledger_facts.StaffBridged(facts.instance, facts.staff_seq, staff_hash, sealed,
+                                                         route_of(ev, self.ctx.route_variable), now))
+
+    def _unbridged(self, _ev, now: dt.datetime) -> None:
+        facts = self.facts
+        if facts.bridge_seq is not None:
+            self.ctx.writer.record(ledger_facts.StaffUnbridged(facts.instance, facts.bridge_seq, now))
+        facts.bridge_leg = facts.bridge_seq = None
 
     def _recording_id_of(self, path: str) -> str | None:
         rid = Path(path).stem
@@ -577,6 +662,8 @@ class CallSession:
     def _finish(self) -> None:
         self._finished = True
         facts, now = self.facts, self.ctx.now()
+        if facts.bridge_leg is not None:  # no CHANNEL_UNBRIDGE came: the bridge ended with the call
+            self._guarded(self._unbridged, None, now)
         since = facts.answered_at or facts.started_at
         # wachttijd: from entering the menu to reaching staff (the consent prompt is not waiting)
         wait = (facts.bridged_at - facts.menu_at).total_seconds() if facts.bridged_at and facts.menu_at else None

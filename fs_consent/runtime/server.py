@@ -88,6 +88,8 @@ class ServerContext:
     def open(self) -> None:
         s = self.config.storage
         self.node: str = self.config.server.node  # on every call and recording this server writes
+        self.staff_variable: str = self.config.recording.staff_variable  # who took the call (driver.staff_of)
+        self.route_variable: str = self.config.recording.route_variable
         Path(s.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.spool_dir: Path = Path(s.spool_dir)
         for message in keys.ensure_keys(Path(s.keys_dir)):

@@ -41,6 +41,11 @@ SUBJECT_RECTIFY = "subject.rectify"
 SUBJECT_OBJECT = "subject.object"
 SUBJECT_WITHDRAW_OBJECTION = "subject.withdraw_objection"
 
+# staff on the call: teams, and the identifiers shown (staff list --show-ids)
+STAFF_ADD = "staff.add"
+STAFF_REMOVE = "staff.remove"
+STAFF_SHOW_IDS = "staff.show_ids"
+
 # the trail itself, the installation, reports
 AUDIT_CHECKPOINT = "audit.checkpoint"
 AUDIT_EXPORT = "audit.export"

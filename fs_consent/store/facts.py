@@ -233,9 +233,63 @@ class RecordingNotSealed(Fact):
         recordings.not_sealed(self.recording_id, self.state, self.reason)
 
 
+@dataclass(frozen=True)
+class StaffBridged(Fact):
+    """A bridge to a member of staff (``CallStaff``, the ``seq``-th of the call): the identifier
+    as a keyed hash (kind ``staff``) and sealed, never in the clear."""
+
+    kind: ClassVar[str] = "staff.bridged"
+    instance: str
+    seq: int
+    staff_hash: str
+    staff_sealed: bytes
+    route: str | None
+    at: dt.datetime
+
+    SQL: ClassVar[str] = (
+        "INSERT INTO call_staff (call_id, seq, staff_hash, staff_sealed, route, bridged_at) "
+        "SELECT c.id, ?, ?, ?, ?, ? FROM call c WHERE c.instance = ? ON CONFLICT (call_id, seq) DO NOTHING")
+
+    def apply(self, vault) -> None:
+        if not ledger.sql(self.SQL, (self.seq, self.staff_hash, self.staff_sealed, self.route, _at(self.at),
+                                     self.instance)).rowcount:
+            if ledger.sql("SELECT 1 FROM call WHERE instance = ?", (self.instance,)).fetchone() is None:
+                raise IntegrityError("staff fact for a call that has no row")  # said, never dropped unseen
+
+
+@dataclass(frozen=True)
+class StaffUnbridged(Fact):
+    """The bridge ``seq`` ended (CHANNEL_UNBRIDGE, the next bridge, or the end of the call)."""
+
+    kind: ClassVar[str] = "staff.unbridged"
+    instance: str
+    seq: int
+    at: dt.datetime
+
+    SQL: ClassVar[str] = (
+        "UPDATE call_staff SET unbridged_at = ? WHERE seq = ? AND call_id = (SELECT id FROM call WHERE instance = ?)")
+
+    def apply(self, vault) -> None:
+        ledger.sql(self.SQL, (_at(self.at), self.seq, self.instance))
+
+
+@dataclass(frozen=True)
+class CallRouted(Fact):
+    """The route the call took (``[recording] route_variable``): at its first bridge, else at its end."""
+
+    kind: ClassVar[str] = "call.routed"
+    instance: str
+    route: str
+
+    SQL: ClassVar[str] = "UPDATE call SET route = ? WHERE instance = ?"
+
+    def apply(self, vault) -> None:
+        ledger.sql(self.SQL, (self.route, self.instance))
+
+
 KINDS: dict[str, type[Fact]] = {cls.kind: cls for cls in (
     CallOpened, ConsentDecided, RecordingStarted, CallEnded, CallFlagged, RecordingDeleted, RecordingDiscarded,
-    RecordingSealed, RecordingNotSealed)}
+    RecordingSealed, RecordingNotSealed, StaffBridged, StaffUnbridged, CallRouted)}
 
 
 def from_json(text: str) -> Fact:

@@ -70,7 +70,7 @@ def test_defaults_without_any_file(tmp_path, env):
     assert consent.confirm_withdrawal is True
     assert set(consent.confirmation_prompts) == {"nl", "en"}
     assert (config.menu.app, config.menu.arg) == ("execute_extension", "menu XML default")
-    assert config.recording == type(config.recording)(True, True, True)
+    assert config.recording == type(config.recording)(True, True, True, "", "fs_consent_route")
     assert config.logging.level == "info"
 
 
@@ -273,6 +273,13 @@ def test_bad_duration_message(tmp_path, env):
         ('[menu]\napp = "execute extension"', r"^config key menu\.app: "),
         ('[menu]\narg = "menu XML default\\nsendmsg"', r"^config key menu\.arg: must not contain control characters"),
         ('[recording]\nstereo = "yes"', r"^config key recording\.stereo: expected true or false"),
+        ('[recording]\nstaff_variable = "${cc_agent}"', r"^config key recording\.staff_variable: expected a channel variable name"),
+        ('[recording]\nstaff_variable = "cc agent"', r"^config key recording\.staff_variable: expected a channel variable name"),
+        ('[recording]\nstaff_variable = "1agent"', r"^config key recording\.staff_variable: expected a channel variable name"),
+        ('[recording]\nstaff_variable = "variable_cc_agent"', r"^config key recording\.staff_variable: name the variable without the \"variable_\" prefix"),
+        ("[recording]\nstaff_variable = 1", r"^config key recording\.staff_variable: expected a channel variable name like \"cc_agent\""),
+        ('[recording]\nroute_variable = "queue-name"', r"^config key recording\.route_variable: expected a channel variable name"),
+        (f'[recording]\nroute_variable = "{"q" * 65}"', r"^config key recording\.route_variable: "),
         ('[logging]\nlevel = "verbose"', r"^config key logging\.level: "),
     ],
 )
@@ -315,7 +322,7 @@ def test_unreadable_file(tmp_path, env):
 def test_describe_lists_every_key(env):
     rows = load_config(env=env).describe()
     names = [name for name, _ in rows]
-    assert len(names) == len(set(names)) == 50
+    assert len(names) == len(set(names)) == 52
     shown = dict(rows)
     assert shown["server.listen"] == "127.0.0.1:8040"
     assert shown["server.allowed_peers"] == "127.0.0.1, ::1"
@@ -418,3 +425,11 @@ def test_trusted_keys_are_ed25519_keys_as_keys_signing_key_prints_them(tmp_path,
     for bad in ('["ed25519:short"]', '["age1qqqq"]', '"ed25519:x"'):
         with pytest.raises(ConfigError, match=r"^config key audit\.trusted_keys: expected"):
             load_text(tmp_path, env, f"[audit]\ntrusted_keys = {bad}\n")
+
+
+def test_staff_and_route_variables(tmp_path, env):
+    config = load_text(tmp_path, env, '[recording]\nstaff_variable = "cc_agent"\nroute_variable = ""\n')
+    assert (config.recording.staff_variable, config.recording.route_variable) == ("cc_agent", "")
+    shown = dict(config.describe())
+    assert shown["recording.staff_variable"] == "cc_agent"
+    assert shown["recording.route_variable"] == "(none)"

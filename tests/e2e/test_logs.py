@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from fs_consent.core import logs
 from fs_consent.secure.protect import normalise_phone
+from fs_consent.store import ledger
 
 from ..harness import Harness
 
@@ -209,6 +210,7 @@ def test_serve_logs_json_lines_from_the_main_log_level(tmp_path):
 
 NUMBER = "0687654329"
 NAME = "Wilhelmina Zuiderzee-Knoop"
+STAFF = ["Quirijn.Vollenhove", "agent-Ermengarde@default"]  # who took the calls: personal data too
 
 
 def forms_of(number: str) -> list[str]:
@@ -220,21 +222,27 @@ def forms_of(number: str) -> list[str]:
 @pytest.mark.parametrize("fmt", ["kv", "json"])
 def test_calls_at_debug_level_log_no_number_and_no_name(tmp_path, restore_logging, fmt):
     out = captured("debug", fmt)
-    with Harness(tmp_path / "data") as h:
+    with Harness(tmp_path / "data", recording={"staff_variable": "cc_agent"}) as h:
         calls = [
-            h.call(caller_number=NUMBER, caller_name=NAME),  # silence: recorded and sealed
+            # silence: recorded and sealed; taken by one member of staff who transfers to another
+            h.call(caller_number=NUMBER, caller_name=NAME, staff=STAFF, staff_variable="cc_agent", route="q1"),
             h.call(caller_number=NUMBER, caller_name=NAME, record_keys=[(0.05, "*1")], talk_seconds=0.3),
             h.call(caller_number=NUMBER, caller_name=NAME, digits=["1"]),  # refusal: withdraws the first call
             h.call(caller_number=f"+31{NUMBER[1:]}", caller_name=NAME, digits=["7", None]),
         ]
         caller_hash = h.server.ctx.protector.lookup_hash("phone", normalise_phone(NUMBER))
+        staff_hashes = [h.server.ctx.protector.lookup_hash("staff", s) for s in STAFF]
+        assert ledger.CallStaff.select().count() == 2  # they were recorded, not just left out
     text = out.getvalue()
     lines = text.splitlines()
     parsed = [json.loads(line) if fmt == "json" else parse_kv(line) for line in lines]
     ended = [p["call"] for p in parsed if p["event"] == "call ended"]
     assert sorted(ended) == sorted(c.uuid for c in calls)  # the calls were logged, one line each
     assert any(p["level"] == "debug" for p in parsed)
-    for secret in [*forms_of(NUMBER), NAME, *NAME.replace("-", " ").split(), caller_hash]:
+    staff_words = [w for s in STAFF for w in (s, s.lower(), *s.replace("-", ".").replace("@", ".").split("."))
+                   if w not in ("agent", "default")]
+    for secret in [*forms_of(NUMBER), NAME, *NAME.replace("-", " ").split(), caller_hash, *staff_words,
+                   *staff_hashes, *(x[:12] for x in staff_hashes)]:
         assert secret not in text, f"{secret!r} in the log"
     for value in (str(v) for p in parsed for v in p.values()):  # also written with spaces or dashes
         assert NUMBER[1:] not in re.sub(r"\D", "", value), value
