@@ -16,8 +16,9 @@ purge, as of a moment (now, or ``as_of``):
    completes it. A hold placed concurrently is respected: the batch is chosen inside
    the marking transaction;
 3. erases the personal fields of expired call records (``caller_hash`` and
-   ``caller_sealed`` set to NULL, the ledger's "erased", and the rectified details in
-   ``call_detail`` deleted; ``personal_erased_at``/``personal_erased_reason`` =
+   ``caller_sealed`` set to NULL, the ledger's "erased", the rectified details in
+   ``call_detail`` deleted, and the staff identifier of each bridge in ``call_staff``
+   replaced by ``CallStaff.ERASED_HASH``; ``personal_erased_at``/``personal_erased_reason`` =
    ``retention`` say so), in batches of one short transaction each, except calls with a
    recording under legal hold. What stays is anonymous; the README says exactly what;
 4. erases the number's hash from objections withdrawn longer ago than the call-record
@@ -56,7 +57,7 @@ from ..core.durations import format_duration
 from ..secure.files import fsync_dir
 from ..store import audit_actions, ledger
 from ..store.holds import held_calls, held_recordings
-from ..store.ledger import Call, CallDetail, LegalHold, Objection, PurgePending, PurgeRun, Recording
+from ..store.ledger import Call, CallDetail, CallStaff, LegalHold, Objection, PurgePending, PurgeRun, Recording
 from ..store.recordings import mark_deleted, remove_files
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,10 @@ def _expired_recordings(as_of: dt.datetime, terms: Terms):
 
 
 def has_personal_fields():
-    condition = Call.id.in_(CallDetail.select(CallDetail.call))
+    # EXISTS, not IN: call_staff is as large as call, and the (call, seq) index answers it per row
+    staff = fn.EXISTS(CallStaff.select(Value(1)).where(
+        (CallStaff.call == Call.id) & (CallStaff.staff_hash != CallStaff.ERASED_HASH)))
+    condition = Call.id.in_(CallDetail.select(CallDetail.call)) | staff
     for column in PERSONAL_CALL_FIELDS:
         condition = condition | column.is_null(False)
     return condition
@@ -424,8 +428,11 @@ class Purge:
         def erase_batch(where, in_range):
             erased = Call.update(**erase, personal_erased_at=ledger.utcnow(),
                                  personal_erased_reason=ERASED_BY_RETENTION).where(where).execute()
-            # the range's details: after the UPDATE, which finds calls by their details too
-            CallDetail.delete().where(CallDetail.call.in_(Call.select(Call.id).where(in_range))).execute()
+            # the range's details and staff: after the UPDATE, which finds calls by them too
+            in_batch = Call.select(Call.id).where(in_range)
+            CallDetail.delete().where(CallDetail.call.in_(in_batch)).execute()
+            CallStaff.update(staff_hash=CallStaff.ERASED_HASH, staff_sealed=CallStaff.ERASED_SEAL).where(
+                CallStaff.call.in_(in_batch) & (CallStaff.staff_hash != CallStaff.ERASED_HASH)).execute()
             return erased
 
         low = None  # (ended_at, id) of the last call of the previous batch

@@ -34,9 +34,8 @@ from .errors import SubjectError
 from .police_export import ExportError, discard_written, prepare_dir, write_new
 
 KIND = "staff"  # the protect.py kind of a staff identifier
-#: ``CallStaff.staff_hash`` of an erased member of staff: matches no identifier (hashes are hex)
-ERASED_HASH = "erased"
-ERASED_SEAL = b""
+ERASED_HASH = CallStaff.ERASED_HASH
+ERASED_SEAL = CallStaff.ERASED_SEAL
 _TEAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_ID = 256
 

@@ -306,6 +306,11 @@ class CallStaff(BaseModel):
     class Meta:
         indexes = ((("call", "seq"), True),)
 
+    #: ``staff_hash`` and ``staff_sealed`` of an erased member of staff (by an erasure, or the purge
+    #: after the call-record term): the hash matches no identifier (hashes are hex), the row stays
+    ERASED_HASH = "erased"
+    ERASED_SEAL = b""
+
 
 class StaffTeam(BaseModel):
     """A member of staff in a team (``fs-consent staff add``): a coach sees the recordings of

@@ -127,6 +127,28 @@ def test_call_records_of_364_days_keep_the_number_and_of_366_days_lose_it(data):
         assert getattr(erased, name) == getattr(old, name), name
 
 
+def add_staff(data: DataDir, call: ledger.Call, staff_id: str) -> ledger.CallStaff:
+    return ledger.CallStaff.create(call=call, seq=1, staff_hash=data.protector.lookup_hash("staff", staff_id),
+                                   staff_sealed=data.protector.seal("staff", staff_id), route="vergunningen",
+                                   bridged_at=call.bridged_at, unbridged_at=call.ended_at)
+
+
+def test_the_staff_on_a_call_record_past_its_term_are_erased_with_the_number(data):
+    young, _ = data.add_call(age=364 * DAY, recording=None)
+    old, _ = data.add_call(age=366 * DAY, recording=None)
+    anonymous, _ = data.add_call(age=366 * DAY, recording=None, number=None)  # only the staff member is personal
+    kept, erased, erased_alone = (add_staff(data, c, "1001") for c in (young, old, anonymous))
+    report = run_purge(data)
+    assert report.calls_erased == 2
+    assert ledger.CallStaff.get_by_id(kept.id).staff_hash == kept.staff_hash
+    for bridge in (erased, erased_alone):
+        row = ledger.CallStaff.get_by_id(bridge.id)
+        assert (row.staff_hash, bytes(row.staff_sealed)) == (ledger.CallStaff.ERASED_HASH, b"")
+        assert (row.seq, row.route, row.bridged_at) == (1, "vergunningen", bridge.bridged_at)  # the rest stays
+    assert data.call(anonymous.id).personal_erased_reason == retention.ERASED_BY_RETENTION
+    assert run_purge(data).calls_erased == 0  # nothing personal is left to find
+
+
 def test_an_objection_withdrawn_longer_ago_than_the_call_record_term_loses_its_number(data):
     from fs_consent.privacy import objections, subject_requests
 
