@@ -282,7 +282,7 @@ def create_app(room: Room) -> Flask:
         }
         if play.partial:
             headers["Content-Range"] = f"bytes {play.start}-{play.end}/{play.reader.size}"
-        response = Response(play.body(), 206 if play.partial else 200, headers=headers, direct_passthrough=True)
+        response = Response(play.body(), 206 if play.partial else 200, headers=headers)
         response.call_on_close(play.close)
         return response
 

@@ -24,13 +24,18 @@ from .app import Room, create_app
 log = logging.getLogger("fs_consent.listen")
 
 
+_KNOWN = ("Invalid HTTP method", "Invalid HTTP version", "Expected GET method", "Invalid headers",
+          "Request line is too long", "Connection reset", "Broken pipe", "Timeout")
+
+
 class _ErrorLog:
     """gevent's error log, as one structured line without the request's text."""
 
     def write(self, text: str) -> None:
-        text = str(text).strip()
-        if text:
-            log.warning("http server", extra=fields(problem=text.split(":", 1)[0].split("\n", 1)[0][:80]))
+        text = str(text)
+        if text.strip():
+            known = [kind for kind in _KNOWN if kind.lower() in text.lower()]
+            log.warning("http server", extra=fields(problem=known[0] if known else "malformed request or I/O error"))
 
     def flush(self) -> None:
         pass
