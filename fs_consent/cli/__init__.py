@@ -574,6 +574,7 @@ def accept_data_options_everywhere(group: click.Group) -> None:
 
 from .audit import register as register_audit  # noqa: E402 - audit, report, compliance
 from .keys import register as register_keys  # noqa: E402 - keys init, keys signing-key
+from .listen import register as register_listen  # noqa: E402 - the listening room and its accounts
 from .ops import register as register_ops  # noqa: E402 - check
 from .requests import register as register_requests  # noqa: E402 - the subject request register
 from .retention import register as register_retention  # noqa: E402 - retention, hold, police export
@@ -587,4 +588,5 @@ register_requests(main)
 register_subject(main)
 register_staff(main)
 register_keys(main)
+register_listen(main)
 accept_data_options_everywhere(main)

@@ -179,6 +179,25 @@ _AUDIT_DEFAULTS = AuditConfig(1000, 300.0, 60.0, None)
 
 
 @dataclass(frozen=True)
+class ListenConfig:
+    """The listening room (``fs-consent listen``, fs_consent/listen): a small web app on its own address."""
+
+    address: ListenAddress  # default 127.0.0.1:8480, behind the reverse proxy
+    # peers whose X-Forwarded-For / -Proto and user_header are believed; () = none (direct access)
+    trusted_proxies: tuple[Network, ...]
+    user_header: str | None  # e.g. X-Remote-User: the proxy's signed-in user (only from trusted_proxies)
+    session_lifetime: float  # seconds a sign-in lasts at most
+    idle_timeout: float  # seconds without a request before a session ends
+    lockout_after: int  # bad passwords in a row that lock an account...
+    lockout_for: float  # ... for this long
+    signin_per_minute: int  # sign-in attempts one address may make per minute
+    language: str  # the default language of the pages (nl, en); ?lang= and Accept-Language override
+
+
+_LISTEN_DEFAULTS = ListenConfig(ListenAddress("127.0.0.1", 8480), (), None, 8 * 3600.0, 1800.0, 10, 900.0, 20, "nl")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     storage: StorageConfig
@@ -189,6 +208,7 @@ class Config:
     retention: RetentionConfig
     freeswitch: FreeSwitchConfig
     audit: AuditConfig = _AUDIT_DEFAULTS
+    listen: ListenConfig = _LISTEN_DEFAULTS
     config_file: Path | None = None  # the file that was read, if any
 
     def describe(self) -> list[tuple[str, str]]:
@@ -328,6 +348,11 @@ def _build(v: dict[str, object]) -> Config:
             "config key consent.aggression_key: must differ from consent.agent_withdraw_key "
             f"(both are {consent['agent_withdraw_key']!r})"
         )
+    if v["listen.user_header"] and not v["listen.trusted_proxies"]:
+        raise ConfigError(
+            "config key listen.user_header: needs listen.trusted_proxies, the reverse proxies' addresses "
+            "(the header is believed only from them)"
+        )
     if v["server.backlog"] is None:  # the default follows max_calls: a burst of calls must fit
         v = {**v, "server.backlog": max(v["server.max_calls"], MIN_BACKLOG)}
     return Config(
@@ -340,6 +365,7 @@ def _build(v: dict[str, object]) -> Config:
         retention=section(RetentionConfig, "retention"),
         freeswitch=section(FreeSwitchConfig, "freeswitch"),
         audit=section(AuditConfig, "audit"),
+        listen=section(ListenConfig, "listen"),
     )
 
 
@@ -540,6 +566,11 @@ def _listen(raw, base) -> ListenAddress:
     return ListenAddress(host, int(port))
 
 
+def parse_address(text: str) -> ListenAddress:
+    """``HOST:PORT`` from the command line (ValueError says what was expected)."""
+    return _listen(text, None)
+
+
 def _peers(raw, base) -> tuple[Network, ...]:
     if not isinstance(raw, list) or not raw:
         raise ValueError(
@@ -563,7 +594,29 @@ def _peers(raw, base) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _optional_peers(raw, base) -> tuple[Network, ...]:
+    """Like ``_peers``, but an empty list is allowed (none trusted)."""
+    return () if raw == [] else _peers(raw, base)
+
+
+_HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+
+
+def _header_name(raw, base) -> str | None:
+    """An HTTP header name like X-Remote-User; "" means not used."""
+    text = _string(raw, 'an HTTP header name like "X-Remote-User", or "" for none')
+    if text == "":
+        return None
+    if not _HEADER.fullmatch(text):
+        raise ValueError(f'expected an HTTP header name like "X-Remote-User", got {_brief(raw)}')
+    if text.lower() in ("cookie", "host", "authorization", "x-forwarded-for", "x-forwarded-proto"):
+        raise ValueError(f"{text} is not a header a proxy sets for the signed-in user")
+    return text
+
+
 def _show_peers(networks: tuple[Network, ...]) -> str:
+    if not networks:
+        return "(none)"
     return ", ".join(
         str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in networks
     )
@@ -764,6 +817,17 @@ _SCHEMA: dict = {
         "checkpoint_grace": _Key(_duration(0, 86400), "1m", format_duration),
         "witness_file": _Key(_optional_path, "", _show_optional),
         "trusted_keys": _Key(_signing_keys, [], _show_keys),
+    },
+    "listen": {
+        "address": _Key(_listen, "127.0.0.1:8480"),
+        "trusted_proxies": _Key(_optional_peers, [], _show_peers),
+        "user_header": _Key(_header_name, "", _show_optional),
+        "session_lifetime": _Key(_duration(60, 7 * 86400), "8h", format_duration),
+        "idle_timeout": _Key(_duration(60, 86400), "30m", format_duration),
+        "lockout_after": _Key(_integer(3, 100), 10),
+        "lockout_for": _Key(_duration(60, 86400), "15m", format_duration),
+        "signin_per_minute": _Key(_integer(1, 1000), 20),
+        "language": _Key(_choice(*LANGUAGES), "nl"),
     },
 }
 

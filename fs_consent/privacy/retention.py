@@ -130,9 +130,24 @@ class PurgeReport:
 # --- what is expired ------------------------------------------------------------------
 
 
+def recording_cutoff(as_of: dt.datetime, terms: Terms) -> dt.datetime:
+    """A recording that started before this is past its term as of ``as_of`` (the purge deletes it)."""
+    return as_of - terms.recordings
+
+
+def recording_expires_at(started_at: dt.datetime, terms: Terms) -> dt.datetime:
+    return started_at + terms.recordings
+
+
+def recording_days_left(started_at: dt.datetime, as_of: dt.datetime, terms: Terms) -> int:
+    """Whole days until the recording's term ends (0 on its last day; negative once past it)."""
+    left = recording_expires_at(started_at, terms) - as_of
+    return left.days
+
+
 def _expired_recordings(as_of: dt.datetime, terms: Terms):
     return Recording.select(Recording.id).where(
-        Recording.state.in_(PURGEABLE_STATES) & (Recording.started_at < as_of - terms.recordings))
+        Recording.state.in_(PURGEABLE_STATES) & (Recording.started_at < recording_cutoff(as_of, terms)))
 
 
 def has_personal_fields():

@@ -38,12 +38,17 @@ class AgeHeader:
     stanzas: list  # (type, [args], body bytes)
     mac: bytes
     mac_input: bytes  # the header up to and including "---"
+    payload_offset: int = 0  # where the payload (its nonce, then the STREAM chunks) starts
 
 
 def read_age_header(path: Path, limit: int = 1 << 16) -> AgeHeader:
     """Parse the header of an age v1 file (reads only the header)."""
     with open(path, "rb") as f:
-        data = f.read(limit)
+        return parse_age_header(f.read(limit))
+
+
+def parse_age_header(data: bytes) -> AgeHeader:
+    """Parse the header at the start of ``data`` (the file's first bytes; the payload may follow)."""
     if not data.startswith(_AGE_MAGIC):
         raise AgeHeaderError("not an age v1 file (no age-encryption.org/v1 header)")
     lines = data[len(_AGE_MAGIC):].split(b"\n")
@@ -53,7 +58,7 @@ def read_age_header(path: Path, limit: int = 1 << 16) -> AgeHeader:
         if line.startswith(b"---"):
             if not line.startswith(b"--- "):
                 raise AgeHeaderError("malformed header MAC line")
-            return AgeHeader(stanzas, _b64(line[4:]), data[:pos + 3])
+            return AgeHeader(stanzas, _b64(line[4:]), data[:pos + 3], pos + len(line) + 1)
         if not line.startswith(b"-> "):
             raise AgeHeaderError("malformed header line")
         args = line[3:].split(b" ")

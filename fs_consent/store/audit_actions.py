@@ -19,6 +19,18 @@ RECORDING_DELETE_REFUSED = "recording.delete.refused"  # under legal hold: kept
 RECORDING_EXPORT = "recording.export"
 RECORDING_PLAY = "recording.play"
 
+# the listening room (fs_consent/listen): every playback, every refusal, every sign-in and account change
+LISTEN_PLAY = "listen.play"  # a response with audio begins: who, which recording, the range asked for
+LISTEN_PLAY_END = "listen.play.end"  # ... and ends: bytes and seconds of audio served, whether all of it
+LISTEN_REFUSED = "listen.refused"  # a recording or page refused: 403 (not this account's) or 404 (not playable)
+LISTEN_SIGNIN = "listen.signin"
+LISTEN_SIGNIN_REFUSED = "listen.signin.refused"  # bad password, unknown or disabled account, locked, rate limit
+LISTEN_SIGNOUT = "listen.signout"
+LISTEN_ACCOUNT_ADD = "listen.account.add"
+LISTEN_ACCOUNT_DISABLE = "listen.account.disable"
+LISTEN_ACCOUNT_PASSWORD = "listen.account.password"
+LISTEN_ACCOUNT_TEAMS = "listen.account.teams"
+
 # flags and legal holds
 CALL_FLAG = "call.flag"
 HOLD_ADD = "hold.add"

@@ -95,6 +95,7 @@ def test_install_creates_the_layout_with_its_modes(installed):
         f"{UNIT_DIR}/fs-consent.service": 0o644,
         f"{UNIT_DIR}/fs-consent-purge.service": 0o644,
         f"{UNIT_DIR}/fs-consent-purge.timer": 0o644,
+        f"{UNIT_DIR}/fs-consent-listen.service": 0o644,
         f"{UNIT_DIR}/{MOUNT_UNIT}": 0o644,
     }
     for rel, want in expected.items():
@@ -106,7 +107,8 @@ def test_install_creates_the_layout_with_its_modes(installed):
 
 def test_units_are_the_repository_units_and_enabled(installed):
     root, _ = installed
-    for name in ("fs-consent.service", "fs-consent-purge.service", "fs-consent-purge.timer"):
+    for name in ("fs-consent.service", "fs-consent-purge.service", "fs-consent-purge.timer",
+                 "fs-consent-listen.service"):
         assert (root / UNIT_DIR / name).read_bytes() == (REPO / "scripts" / name).read_bytes()
     wants = {
         "multi-user.target.wants/fs-consent.service": "/etc/systemd/system/fs-consent.service",
@@ -116,6 +118,8 @@ def test_units_are_the_repository_units_and_enabled(installed):
         assert os.readlink(root / UNIT_DIR / link) == target
     # the mount is pulled in by the service, not enabled on its own
     assert not list((root / UNIT_DIR).glob("*.wants/*.mount"))
+    # the listening room runs only where the identity is: installed, not enabled
+    assert not list((root / UNIT_DIR).glob("*.wants/fs-consent-listen.service"))
 
 
 def test_accounts_are_listed_not_created_under_a_root(installed):
@@ -297,7 +301,8 @@ def test_installed_units_pass_systemd_analyze_verify(installed, tmp_path):
             text = unit.read_text(encoding="utf-8").replace("/opt/fs-consent/bin/fs-consent", sys.executable)
             (units / unit.name).write_text(text, encoding="utf-8")
     names = sorted(p.name for p in units.iterdir())
-    assert names == sorted(["fs-consent.service", "fs-consent-purge.service", "fs-consent-purge.timer", MOUNT_UNIT])
+    assert names == sorted(["fs-consent.service", "fs-consent-purge.service", "fs-consent-purge.timer",
+                            "fs-consent-listen.service", MOUNT_UNIT])
     result = subprocess.run([analyze, "verify", *map(str, sorted(units.iterdir()))],
                             capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr

@@ -1,0 +1,109 @@
+"""Which recordings an account may hear.
+
+Playable: sealed, of a call whose consent was granted and never withdrawn, not under an
+active restriction (art. 18, ``privacy/subjects.py``), and not past its term
+(``privacy/retention.py``: the purge would delete it; a legal hold keeps the file, not
+the right to listen). A coach hears the playable recordings of the calls taken by staff
+of one of the coach's teams (``call_staff`` -> ``staff_team``, by the staff's keyed hash);
+the privacy officer hears every playable recording.
+
+``lookup`` says which of these a refusal is: ``NOT_PLAYABLE`` (404: withdrawn, deleted,
+restricted, past its term, or unknown) before ``NOT_YOURS`` (403: playable, but not the
+coach's), so a withdrawn recording is gone for everybody.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from peewee import JOIN, fn
+
+from ..core import consent
+from ..privacy.retention import Terms, recording_cutoff, recording_days_left
+from ..secure.spool import is_recording_id
+from ..store import ledger
+from ..store.ledger import Call, CallStaff, ListenAccount, Recording, Restriction, StaffTeam
+from .accounts import PRIVACY_OFFICER, teams_of
+
+NOT_PLAYABLE = "not-playable"
+NOT_YOURS = "not-yours"
+LIST_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    started_at: dt.datetime
+    duration_seconds: float | None
+    route: str | None
+    days_left: int
+    teams: tuple[str, ...]
+
+
+def _playable(as_of: dt.datetime, terms: Terms):
+    restricted = Restriction.select(Restriction.call).where(Restriction.lifted_at.is_null())
+    return ((Recording.state == ledger.SEALED) & (Call.outcome == consent.GRANTED) & Call.withdrawn_at.is_null()
+            & (Recording.started_at >= recording_cutoff(as_of, terms)) & Call.id.not_in(restricted))
+
+
+def _team_calls(teams: list[str]):
+    return (CallStaff.select(CallStaff.call)
+            .join(StaffTeam, on=(StaffTeam.staff_hash == CallStaff.staff_hash))
+            .where(StaffTeam.team.in_(teams)))
+
+
+def _teams_by_call(call_ids: list[int], only: list[str] | None) -> dict[int, tuple[str, ...]]:
+    if not call_ids:
+        return {}
+    query = (CallStaff.select(CallStaff.call, StaffTeam.team)
+             .join(StaffTeam, on=(StaffTeam.staff_hash == CallStaff.staff_hash))
+             .where(CallStaff.call.in_(call_ids)).distinct().tuples())
+    if only is not None:
+        query = query.where(StaffTeam.team.in_(only))
+    found: dict[int, set[str]] = {}
+    for call_id, team in query:
+        found.setdefault(call_id, set()).add(team)
+    return {call_id: tuple(sorted(teams)) for call_id, teams in found.items()}
+
+
+def listing(account: ListenAccount, terms: Terms, *, as_of: dt.datetime | None = None,
+            limit: int = LIST_LIMIT) -> list[Entry]:
+    """The recordings ``account`` may hear, newest first."""
+    as_of = as_of or ledger.utcnow()
+    condition = _playable(as_of, terms)
+    teams = None
+    if account.role != PRIVACY_OFFICER:
+        teams = teams_of(account)
+        if not teams:
+            return []
+        condition &= Call.id.in_(_team_calls(teams))
+    rows = list(Recording.select(Recording.id, Recording.started_at, Call.id, Call.duration_seconds, Call.route)
+                .join(Call).where(condition).order_by(Recording.started_at.desc(), Recording.id).limit(limit))
+    by_call = _teams_by_call([rec.call.id for rec in rows], teams)
+    return [Entry(rec.id, rec.started_at, rec.call.duration_seconds, rec.call.route,
+                  recording_days_left(rec.started_at, as_of, terms), by_call.get(rec.call.id, ()))
+            for rec in rows]
+
+
+def lookup(account: ListenAccount, recording_id: str, terms: Terms, *,
+           as_of: dt.datetime | None = None) -> tuple[Entry | None, str | None]:
+    """(the entry, None) if ``account`` may hear the recording, else (None, NOT_PLAYABLE | NOT_YOURS)."""
+    as_of = as_of or ledger.utcnow()
+    if not isinstance(recording_id, str) or not is_recording_id(recording_id):
+        return None, NOT_PLAYABLE
+    rec = (Recording.select(Recording.id, Recording.started_at, Call.id, Call.duration_seconds, Call.route)
+           .join(Call).where(_playable(as_of, terms) & (Recording.id == recording_id)).first())
+    if rec is None:
+        return None, NOT_PLAYABLE
+    teams = None
+    if account.role != PRIVACY_OFFICER:
+        teams = teams_of(account)
+        mine = teams and (CallStaff.select(fn.COUNT(CallStaff.id)).join(
+            StaffTeam, JOIN.INNER, on=(StaffTeam.staff_hash == CallStaff.staff_hash))
+            .where((CallStaff.call == rec.call.id) & StaffTeam.team.in_(teams)).scalar())
+        if not mine:
+            return None, NOT_YOURS
+    by_call = _teams_by_call([rec.call.id], teams)
+    return Entry(rec.id, rec.started_at, rec.call.duration_seconds, rec.call.route,
+                 recording_days_left(rec.started_at, as_of, terms), by_call.get(rec.call.id, ())), None
