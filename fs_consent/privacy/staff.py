@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,6 @@ from .police_export import ExportError, discard_written, prepare_dir, write_new
 KIND = "staff"  # the protect.py kind of a staff identifier
 ERASED_HASH = CallStaff.ERASED_HASH
 ERASED_SEAL = CallStaff.ERASED_SEAL
-_TEAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_ID = 256
 
 
@@ -54,9 +52,8 @@ def staff_hash(protector: FieldProtector, staff_id: str) -> str:
 
 
 def check_team(team: str) -> str:
-    if not isinstance(team, str) or not _TEAM.fullmatch(team):
-        raise SubjectError(f"team {team!r}: expected up to 64 letters, digits and . _ - (no spaces), "
-                           "starting with a letter or digit")
+    if not isinstance(team, str) or not StaffTeam.NAME.fullmatch(team):
+        raise SubjectError(f"team {team!r}: expected {StaffTeam.NAME_RULE}")
     return team
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 
 from peewee import (
     AutoField,
@@ -324,6 +325,10 @@ class StaffTeam(BaseModel):
 
     class Meta:
         indexes = ((("staff_hash", "team"), True),)
+
+    #: a team's name, here and in ``ListenAccountTeam`` (checked by ``staff add`` and the account commands)
+    NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-])?")
+    NAME_RULE = "1 to 64 letters, digits, spaces and . _ -, starting with a letter or digit, no trailing space"
 
 
 class ListenAccount(BaseModel):

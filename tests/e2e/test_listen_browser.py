@@ -21,7 +21,7 @@ import gevent.subprocess
 import pytest
 
 from ..harness import Harness, fs_consent
-from ..listen.room import PASSWORD, recorded_call, staff_took
+from ..listen.room import PASSWORD, in_team, recorded_call
 
 CHROMIUM = os.environ.get("FS_CONSENT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -100,12 +100,11 @@ def listed(page) -> set[str]:
 def test_a_coach_signs_in_hears_their_teams_recording_and_nothing_else(harness):
     sync_playwright = _browser_or_skip()
     h = harness
-    uuid_a, rec_a = recorded_call(h, talk_seconds=3.0)
-    uuid_b, rec_b = recorded_call(h, talk_seconds=0.5)
-    uuid_w, rec_w = recorded_call(h, talk_seconds=0.5)
-    staff_took(h, uuid_a, "2001", "Team Noord")
-    staff_took(h, uuid_b, "2002", "Team Zuid")
-    staff_took(h, uuid_w, "2001", "Team Noord")
+    uuid_a, rec_a = recorded_call(h, "2001", talk_seconds=3.0)  # taken by 2001 (Team Noord)
+    uuid_b, rec_b = recorded_call(h, "2002", talk_seconds=0.5)  # by 2002 (Team Zuid)
+    uuid_w, rec_w = recorded_call(h, "2001", talk_seconds=0.5)  # withdrawn below
+    in_team(h, "2001", "Team Noord")
+    in_team(h, "2002", "Team Zuid")
     add_coach(h, "coach.noord", "Team Noord")
     add_coach(h, "coach.zuid", "Team Zuid")
     room = RoomProcess(h)

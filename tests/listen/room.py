@@ -12,37 +12,28 @@ import http.cookies
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import gevent
 
 from fs_consent.core.config import ListenAddress
 from fs_consent.listen import accounts
 from fs_consent.listen.serve import ListeningRoom
-from fs_consent.privacy.subjects import protector_for
 from fs_consent.store import ledger
+
+from ..harness import fs_consent
 
 PASSWORD = "correct horse battery staple"
 
 
-def staff_took(h, call_uuid: str, staff_id: str, team: str | None, *, seq: int = 1, route: str = "burgerzaken"):
-    """The call was taken by ``staff_id`` (a CallStaff row, as the driver writes it); the staff member is in
-    ``team`` (a StaffTeam row, as `fs-consent staff add` writes it)."""
-    protector = protector_for(Path(h.config.storage.keys_dir))
-    call = h.call_row(call_uuid)
-    now = ledger.utcnow()
-    ledger.CallStaff.create(call=call, seq=seq, staff_hash=protector.lookup_hash("staff", staff_id),
-                            staff_sealed=protector.seal("staff", staff_id), route=route, bridged_at=now)
-    if route and call.route is None:
-        ledger.Call.update(route=route).where(ledger.Call.id == call.id).execute()
-    if team:
-        ledger.StaffTeam.insert(staff_hash=protector.lookup_hash("staff", staff_id),
-                                staff_sealed=protector.seal("staff", staff_id), team=team, added_at=now,
-                                added_by="test").on_conflict_ignore().execute()
+def in_team(h, staff_id: str, team: str) -> None:
+    """``fs-consent staff add``, as the sysadmin runs it."""
+    done = fs_consent(h, "staff", "add", "--team", team, "--staff", staff_id)
+    assert done.returncode == 0, done.stderr
 
 
-def recorded_call(h, **script) -> tuple[str, ledger.Recording]:
-    result = h.call(digits=[None], **script)
+def recorded_call(h, *staff: str, route: str = "burgerzaken", **script) -> tuple[str, ledger.Recording]:
+    """A call with consent taken by ``staff`` in turn (a transfer for two), and its sealed recording."""
+    result = h.call(digits=[None], staff=list(staff), route=route, **script)
     (rec,) = h.recordings_of(result.uuid)
     assert rec.state == ledger.SEALED
     return result.uuid, rec

@@ -13,7 +13,7 @@ from fs_consent.privacy.retention import Terms
 from fs_consent.store import ledger
 
 from ..harness import Harness, fs_consent
-from .room import PASSWORD, Client, make_account, plays, recorded_call, staff_took, start_room
+from .room import PASSWORD, Client, in_team, make_account, plays, recorded_call, start_room
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +30,11 @@ def terms(h) -> Terms:
 
 def test_coaches_see_their_teams_and_the_privacy_officer_everything_that_may_be_used(harness):
     h = harness
-    calls = {name: recorded_call(h) for name in ("north", "south", "both", "nobody", "restricted", "old")}
-    staff_took(h, calls["north"][0], "3001", "North")
-    staff_took(h, calls["south"][0], "3002", "South")
-    staff_took(h, calls["both"][0], "3001", "North")
-    staff_took(h, calls["both"][0], "3002", "South", seq=2)  # a transfer: both teams' coaches hear it
-    staff_took(h, calls["nobody"][0], "3003", None)  # staff in no team
-    staff_took(h, calls["restricted"][0], "3001", "North")
-    staff_took(h, calls["old"][0], "3001", "North")
+    staff = {"north": ["3001"], "south": ["3002"], "both": ["3001", "3002"],  # both: a transfer, both teams hear it
+             "nobody": ["3003"], "restricted": ["3001"], "old": ["3001"]}  # 3003 is in no team
+    calls = {name: recorded_call(h, *ids) for name, ids in staff.items()}
+    in_team(h, "3001", "North")
+    in_team(h, "3002", "South")
     request = ledger.SubjectRequest.create(ref="AVG-1", kind="restrict", received_on=dt.date.today(),
                                            due_on=dt.date.today(), registered_at=ledger.utcnow(),
                                            identity_verified_by="test")
@@ -94,8 +91,8 @@ def test_account_commands_are_audited_and_refuse_bad_input(harness):
 
 def test_the_proxy_user_header_is_believed_only_from_a_trusted_proxy_and_for_an_enabled_account(harness):
     h = harness
-    uuid_a, rec = recorded_call(h)
-    staff_took(h, uuid_a, "3001", "North")
+    _uuid, rec = recorded_call(h, "3001")
+    in_team(h, "3001", "North")
     make_account("coach.north", teams=["North"], password=None)
     make_account("coach.gone", teams=["North"], password=None)
     accounts.disable_account("coach.gone", actor="test")

@@ -214,3 +214,23 @@ def test_password_hashes_are_salted_scrypt():
     assert first.startswith("scrypt$32768$8$1$") and first != second
     assert accounts.verify_password(PASSWORD, first) and not accounts.verify_password(PASSWORD + "!", first)
     assert not accounts.verify_password(PASSWORD, None) and not accounts.verify_password(PASSWORD, "md5$x")
+
+
+def test_checking_a_password_leaves_the_event_loop_to_the_other_requests():
+    import gevent
+
+    ticks = []
+
+    def other_request():  # an audio stream, say: it must go on while somebody signs in
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.001)
+
+    other = gevent.spawn(other_request)
+    gevent.sleep(0)
+    ticks.clear()
+    try:
+        assert accounts.verify_password(PASSWORD, accounts.hash_password(PASSWORD))
+    finally:
+        other.kill()
+    assert ticks  # the hashing ran in a thread; on the hub it would have let nothing run
