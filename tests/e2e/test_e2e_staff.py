@@ -169,7 +169,7 @@ BAD_INPUT = [
     (["subject", "export", "--staff", "1001", "--request", "X", "--out", "o", "--to-recipient", "age1x"], 2,
      "--to-recipient is for a caller"),
     (["subject", "find", "--staff", "  "], 1, "the staff identifier given is empty"),
-    (["staff", "add", "--team", "bad team", "--staff", "1001"], 1, "team 'bad team': expected"),
+    (["staff", "add", "--team", "bad team ", "--staff", "1001"], 1, "team 'bad team ': expected"),
     (["staff", "remove", "--team", "t", "--staff", "1001"], 1, "not in team t"),
     (["staff", "list", "--show-ids"], 2, "--show-ids needs --team"),
     (["staff", "list", "--team", "empty"], 1, "team empty has no members"),
