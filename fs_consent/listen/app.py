@@ -25,6 +25,7 @@ from jinja2 import DictLoader
 from ..core.logs import fields
 from ..privacy.retention import Terms
 from ..secure.age_header import HeaderOpener
+from ..secure.protect import FieldProtector
 from ..secure.spool import check_recording_id
 from ..store import audit_actions, ledger
 from . import accounts, catalogue, pages, sessions
@@ -51,12 +52,13 @@ SIGNIN_TOKEN_AGE = 3600
 
 @dataclass(frozen=True)
 class Room:
-    """What the routes need: the settings, the retention terms, the store and the identity."""
+    """What the routes need: the settings, the retention terms, the store, the identity and the field key."""
 
     listen: object  # core.config.ListenConfig
     terms: Terms
     store_dir: Path
     opener: HeaderOpener
+    protector: FieldProtector  # opens the staff identifiers shown beside a recording
 
     def path_for(self, recording_id: str) -> Path:
         return self.store_dir / f"{check_recording_id(recording_id)}.age"
@@ -207,7 +209,7 @@ def create_app(room: Room) -> Flask:
     def index():
         if g.session is None:
             return redirect(url_for("signin", lang=g.lang), 303)
-        entries = catalogue.listing(g.session.account, room.terms)
+        entries = catalogue.listing(g.session.account, room.terms, room.protector)
         teams = accounts.teams_of(g.session.account) if g.session.role == accounts.COACH else []
         return render("list.html", entries=entries, teams=teams)
 
@@ -250,7 +252,7 @@ def create_app(room: Room) -> Flask:
     def player(recording_id):
         if g.session is None:
             return redirect(url_for("signin", lang=g.lang), 303)
-        entry, refused = catalogue.lookup(g.session.account, recording_id, room.terms)
+        entry, refused = catalogue.lookup(g.session.account, recording_id, room.terms, room.protector)
         if refused:
             return refuse(recording_id, 403 if refused == catalogue.NOT_YOURS else 404, refused, "page")
         return render("player.html", entry=entry)
@@ -261,7 +263,7 @@ def create_app(room: Room) -> Flask:
             ledger.append_audit("listen", audit_actions.LISTEN_REFUSED, "recording", recording_id[:64],
                                 status=401, reason="not-signed-in", what="audio", address=g.address)
             return Response("", 401)
-        entry, refused = catalogue.lookup(g.session.account, recording_id, room.terms)
+        entry, refused = catalogue.lookup(g.session.account, recording_id, room.terms, room.protector)
         if refused:
             return refuse(recording_id, 403 if refused == catalogue.NOT_YOURS else 404, refused, "audio")
         rec = ledger.Recording.get_by_id(entry.id)

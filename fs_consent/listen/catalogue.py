@@ -5,7 +5,8 @@ active restriction (art. 18, ``privacy/subjects.py``), and not past its term
 (``privacy/retention.py``: the purge would delete it; a legal hold keeps the file, not
 the right to listen). A coach hears the playable recordings of the calls taken by staff
 of one of the coach's teams (``call_staff`` -> ``staff_team``, by the staff's keyed hash);
-the privacy officer hears every playable recording.
+the privacy officer hears every playable recording. Each entry names the staff who took the
+call (the coach's teams' only), so the coach knows whose conversation it is.
 
 ``lookup`` says which of these a refusal is: ``NOT_PLAYABLE`` (404: withdrawn, deleted,
 restricted, past its term, or unknown) before ``NOT_YOURS`` (403: playable, but not the
@@ -21,6 +22,8 @@ from peewee import JOIN, fn
 
 from ..core import consent
 from ..privacy.retention import Terms, recording_cutoff, recording_days_left
+from ..privacy.staff import opened
+from ..secure.protect import FieldProtector
 from ..secure.spool import is_recording_id
 from ..store import ledger
 from ..store.ledger import Call, CallStaff, ListenAccount, Recording, Restriction, StaffTeam
@@ -39,6 +42,7 @@ class Entry:
     route: str | None
     days_left: int
     teams: tuple[str, ...]
+    staff: tuple[str, ...]  # who took it, in bridge order (opened with the field key: shown, never logged)
 
 
 def _playable(as_of: dt.datetime, terms: Terms):
@@ -53,21 +57,34 @@ def _team_calls(teams: list[str]):
             .where(StaffTeam.team.in_(teams)))
 
 
-def _teams_by_call(call_ids: list[int], only: list[str] | None) -> dict[int, tuple[str, ...]]:
+def _people_by_call(call_ids: list[int], only: list[str] | None,
+                    protector: FieldProtector) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """call id -> (its teams, its staff in bridge order), limited to the teams ``only`` (a coach's:
+    a colleague of another team who took part of the call is not shown to this coach)."""
     if not call_ids:
         return {}
-    query = (CallStaff.select(CallStaff.call, StaffTeam.team)
+    query = (CallStaff.select(CallStaff.call, CallStaff.seq, CallStaff.staff_sealed, StaffTeam.team)
              .join(StaffTeam, on=(StaffTeam.staff_hash == CallStaff.staff_hash))
-             .where(CallStaff.call.in_(call_ids)).distinct().tuples())
+             .where(CallStaff.call.in_(call_ids)).order_by(CallStaff.call, CallStaff.seq).tuples())
     if only is not None:
         query = query.where(StaffTeam.team.in_(only))
-    found: dict[int, set[str]] = {}
-    for call_id, team in query:
-        found.setdefault(call_id, set()).add(team)
-    return {call_id: tuple(sorted(teams)) for call_id, teams in found.items()}
+    teams: dict[int, set[str]] = {}
+    staff: dict[int, dict[int, str]] = {}
+    for call_id, seq, sealed, team in query:
+        teams.setdefault(call_id, set()).add(team)
+        if seq not in staff.setdefault(call_id, {}):
+            staff[call_id][seq] = opened(protector, sealed) or "–"
+    return {call_id: (tuple(sorted(found)), tuple(staff[call_id][seq] for seq in sorted(staff[call_id])))
+            for call_id, found in teams.items()}
 
 
-def listing(account: ListenAccount, terms: Terms, *, as_of: dt.datetime | None = None,
+def _entry(rec: Recording, as_of: dt.datetime, terms: Terms, people: dict) -> Entry:
+    teams, staff = people.get(rec.call.id, ((), ()))
+    return Entry(rec.id, rec.started_at, rec.call.duration_seconds, rec.call.route,
+                 recording_days_left(rec.started_at, as_of, terms), teams, staff)
+
+
+def listing(account: ListenAccount, terms: Terms, protector: FieldProtector, *, as_of: dt.datetime | None = None,
             limit: int = LIST_LIMIT) -> list[Entry]:
     """The recordings ``account`` may hear, newest first."""
     as_of = as_of or ledger.utcnow()
@@ -80,13 +97,11 @@ def listing(account: ListenAccount, terms: Terms, *, as_of: dt.datetime | None =
         condition &= Call.id.in_(_team_calls(teams))
     rows = list(Recording.select(Recording.id, Recording.started_at, Call.id, Call.duration_seconds, Call.route)
                 .join(Call).where(condition).order_by(Recording.started_at.desc(), Recording.id).limit(limit))
-    by_call = _teams_by_call([rec.call.id for rec in rows], teams)
-    return [Entry(rec.id, rec.started_at, rec.call.duration_seconds, rec.call.route,
-                  recording_days_left(rec.started_at, as_of, terms), by_call.get(rec.call.id, ()))
-            for rec in rows]
+    people = _people_by_call([rec.call.id for rec in rows], teams, protector)
+    return [_entry(rec, as_of, terms, people) for rec in rows]
 
 
-def lookup(account: ListenAccount, recording_id: str, terms: Terms, *,
+def lookup(account: ListenAccount, recording_id: str, terms: Terms, protector: FieldProtector, *,
            as_of: dt.datetime | None = None) -> tuple[Entry | None, str | None]:
     """(the entry, None) if ``account`` may hear the recording, else (None, NOT_PLAYABLE | NOT_YOURS)."""
     as_of = as_of or ledger.utcnow()
@@ -104,6 +119,4 @@ def lookup(account: ListenAccount, recording_id: str, terms: Terms, *,
             .where((CallStaff.call == rec.call.id) & StaffTeam.team.in_(teams)).scalar())
         if not mine:
             return None, NOT_YOURS
-    by_call = _teams_by_call([rec.call.id], teams)
-    return Entry(rec.id, rec.started_at, rec.call.duration_seconds, rec.call.route,
-                 recording_days_left(rec.started_at, as_of, terms), by_call.get(rec.call.id, ())), None
+    return _entry(rec, as_of, terms, _people_by_call([rec.call.id], teams, protector)), None

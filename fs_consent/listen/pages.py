@@ -30,6 +30,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "started": "Begonnen (UTC)",
         "duration": "Duur",
         "route": "Route",
+        "staff": "Medewerker",
         "days_left": "Dagen over",
         "listen": "Luisteren",
         "none": "Er zijn geen opnamen die u mag beluisteren.",
@@ -65,6 +66,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "started": "Started (UTC)",
         "duration": "Duration",
         "route": "Route",
+        "staff": "Staff",
         "days_left": "Days left",
         "listen": "Listen",
         "none": "There are no recordings you may hear.",
@@ -161,14 +163,15 @@ LIST = """\
 {% if teams %}<p>{{ t.teams }}: {{ teams | join(", ") }}</p>{% endif %}
 {% if entries %}
 <table id="recordings">
-  <thead><tr><th>{{ t.started }}</th><th>{{ t.duration }}</th><th>{{ t.route }}</th><th>{{ t.teams }}</th>
-  <th>{{ t.days_left }}</th><th></th></tr></thead>
+  <thead><tr><th>{{ t.started }}</th><th>{{ t.duration }}</th><th>{{ t.route }}</th><th>{{ t.staff }}</th>
+  <th>{{ t.teams }}</th><th>{{ t.days_left }}</th><th></th></tr></thead>
   <tbody>
   {% for e in entries %}
     <tr data-recording="{{ e.id }}">
       <td>{{ e.started_at.strftime("%Y-%m-%d %H:%M") }}</td>
       <td>{{ duration(e.duration_seconds) }}</td>
       <td>{{ e.route or "–" }}</td>
+      <td class="staff">{{ e.staff | join(", ") or "–" }}</td>
       <td>{{ e.teams | join(", ") or "–" }}</td>
       <td>{{ e.days_left }}</td>
       <td><a class="button" href="{{ url_for('player', recording_id=e.id) }}?lang={{ lang }}">{{ t.listen }}</a></td>
@@ -190,6 +193,7 @@ PLAYER = """\
   <dt>{{ t.started }}</dt><dd>{{ entry.started_at.strftime("%Y-%m-%d %H:%M:%S") }}</dd>
   <dt>{{ t.duration }}</dt><dd>{{ duration(entry.duration_seconds) }}</dd>
   <dt>{{ t.route }}</dt><dd>{{ entry.route or "–" }}</dd>
+  <dt>{{ t.staff }}</dt><dd class="staff">{{ entry.staff | join(", ") or "–" }}</dd>
   <dt>{{ t.teams }}</dt><dd>{{ entry.teams | join(", ") or "–" }}</dd>
   <dt>{{ t.days_left }}</dt><dd>{{ entry.days_left }} {{ t.days }}</dd>
 </dl>

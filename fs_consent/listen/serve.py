@@ -17,6 +17,7 @@ from gevent.pywsgi import WSGIServer
 
 from ..core.logs import fields
 from ..privacy.retention import Terms
+from ..privacy.subjects import protector_for
 from ..secure import keys
 from ..secure.age_header import HeaderOpener
 from .app import Room, create_app
@@ -42,10 +43,12 @@ class _ErrorLog:
 
 
 def make_room(config) -> Room:
-    """The room of ``config``: needs the age identity (keys/identity.txt) on this host."""
-    identity = keys.load_identity(Path(config.storage.keys_dir))
+    """The room of ``config``: needs the age identity (keys/identity.txt) and the field key on this host."""
+    keys_dir = Path(config.storage.keys_dir)
+    identity = keys.load_identity(keys_dir)
     return Room(listen=config.listen, terms=Terms.from_config(config.retention),
-                store_dir=Path(config.storage.store_dir), opener=HeaderOpener(str(identity)))
+                store_dir=Path(config.storage.store_dir), opener=HeaderOpener(str(identity)),
+                protector=protector_for(keys_dir))
 
 
 class ListeningRoom:

@@ -3,7 +3,7 @@
 Real calls through the emulator into the in-process server make real sealed recordings;
 the accounts are made with the real command line; the room is a real `fs-consent listen`
 process on 127.0.0.1; Debian's headless Chromium, driven by Playwright, signs in, lists,
-plays. Screenshots of the list and the player go to /work/notes/ (or $FS_CONSENT_SCREENSHOTS).
+plays. Screenshots of the list and the player go to $FS_CONSENT_SCREENSHOTS (else the test's tmp dir).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ CHROMIUM = os.environ.get("FS_CONSENT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--autoplay-policy=no-user-gesture-required"]
-SHOTS = Path(os.environ.get("FS_CONSENT_SCREENSHOTS", "/work/notes"))
 
 
 def _browser_or_skip():
@@ -97,7 +96,7 @@ def listed(page) -> set[str]:
     return set(page.eval_on_selector_all("tr[data-recording]", "rows => rows.map(r => r.dataset.recording)"))
 
 
-def test_a_coach_signs_in_hears_their_teams_recording_and_nothing_else(harness):
+def test_a_coach_signs_in_hears_their_teams_recording_and_nothing_else(harness, tmp_path):
     sync_playwright = _browser_or_skip()
     h = harness
     uuid_a, rec_a = recorded_call(h, "2001", talk_seconds=3.0)  # taken by 2001 (Team Noord)
@@ -108,7 +107,8 @@ def test_a_coach_signs_in_hears_their_teams_recording_and_nothing_else(harness):
     add_coach(h, "coach.noord", "Team Noord")
     add_coach(h, "coach.zuid", "Team Zuid")
     room = RoomProcess(h)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ.get("FS_CONSENT_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -117,8 +117,9 @@ def test_a_coach_signs_in_hears_their_teams_recording_and_nothing_else(harness):
                 page = context.new_page()
                 sign_in(page, room.url, "coach.noord")
                 assert listed(page) == {rec_a.id, rec_w.id}  # Team Zuid's recording is not there
+                assert page.inner_text(f"tr[data-recording='{rec_a.id}'] td.staff") == "2001"  # whose call it is
                 assert "Dagen over" in page.content()
-                page.screenshot(path=str(SHOTS / "listen-list.png"), full_page=True)
+                page.screenshot(path=str(shots / "listen-list.png"), full_page=True)
 
                 page.click(f"tr[data-recording='{rec_a.id}'] a")
                 page.wait_for_selector("audio#player")
@@ -135,7 +136,7 @@ def test_a_coach_signs_in_hears_their_teams_recording_and_nothing_else(harness):
                 first = page.evaluate("() => document.getElementById('player').currentTime")
                 page.wait_for_function("t => document.getElementById('player').currentTime > t + 0.5", arg=first,
                                        timeout=10000)
-                page.screenshot(path=str(SHOTS / "listen-player.png"), full_page=True)
+                page.screenshot(path=str(shots / "listen-player.png"), full_page=True)
                 # no download: the audio URL answers with no-store and never as an attachment
                 reply = context.request.get(f"{room.url}/recordings/{rec_a.id}/audio",
                                             headers={"Range": "bytes=0-1023"})

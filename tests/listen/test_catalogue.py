@@ -46,19 +46,24 @@ def test_coaches_see_their_teams_and_the_privacy_officer_everything_that_may_be_
     south = make_account("coach.south", teams=["South"])
     officer = make_account("privacy", accounts.PRIVACY_OFFICER)
 
+    protector = h.server.ctx.protector
+
     def ids(account):
-        return {e.id for e in catalogue.listing(account, terms(h))}
+        return {e.id for e in catalogue.listing(account, terms(h), protector)}
 
     rid = {name: rec.id for name, (_, rec) in calls.items()}
     assert ids(north) == {rid["north"], rid["both"]}
     assert ids(south) == {rid["south"], rid["both"]}
     assert ids(officer) == {rid["north"], rid["south"], rid["both"], rid["nobody"]}
-    assert catalogue.lookup(south, rid["north"], terms(h)) == (None, catalogue.NOT_YOURS)
+    assert catalogue.lookup(south, rid["north"], terms(h), protector) == (None, catalogue.NOT_YOURS)
     for name in ("restricted", "old"):
-        assert catalogue.lookup(officer, rid[name], terms(h)) == (None, catalogue.NOT_PLAYABLE)
-    entry, refused = catalogue.lookup(north, rid["both"], terms(h))
+        assert catalogue.lookup(officer, rid[name], terms(h), protector) == (None, catalogue.NOT_PLAYABLE)
+    entry, refused = catalogue.lookup(north, rid["both"], terms(h), protector)
     assert refused is None and entry.teams == ("North",) and entry.days_left == 59
-    assert catalogue.lookup(officer, rid["both"], terms(h))[0].teams == ("North", "South")
+    assert entry.staff == ("3001",)  # the coach of North is shown North's member, not South's colleague
+    both = catalogue.lookup(officer, rid["both"], terms(h), protector)[0]
+    assert (both.teams, both.staff) == (("North", "South"), ("3001", "3002"))  # in the order they took it
+    assert catalogue.lookup(officer, rid["nobody"], terms(h), protector)[0].staff == ()  # 3003 is in no team
 
 
 def test_account_commands_are_audited_and_refuse_bad_input(harness):
