@@ -55,7 +55,7 @@ from ..core.consent import (
 from ..core.logs import fields
 from ..esl.session import ChannelEvent, Closed, Completed, Connected, Lingering, OutboundSession, Reply
 from ..secure.protect import normalise_phone
-from ..secure.spool import recording_path
+from ..secure.spool import recording_path, remove_plaintext
 from ..store import facts as ledger_facts
 from ..store import recordings
 
@@ -577,7 +577,7 @@ class CallSession:
                 path = self._path(rid)
                 # the reply comes after FreeSWITCH closed the file: unlink again then if withdrawn
                 self._api(f"uuid_record {self.facts.uuid} stop {path}",
-                          lambda _msg: path.unlink(missing_ok=True) if rid in self._deleted else None)
+                          lambda _msg: remove_plaintext(self.ctx.spool_dir, rid) if rid in self._deleted else None)
             case MaskRecording(recording_id=rid, masked=masked):
                 self._api(f"uuid_record {self.facts.uuid} {'mask' if masked else 'unmask'} {self._path(rid)}")
             case DeleteRecording():
@@ -585,7 +585,7 @@ class CallSession:
             case SealRecording(recording_id=rid, confirmed=confirmed):
                 self.ctx.seal_later(rid, self._deleted, delay=0.0 if confirmed else UNCONFIRMED_SEAL_DELAY_S)
             case RecordingDiscarded(recording_id=rid):
-                self._path(rid).unlink(missing_ok=True)
+                remove_plaintext(self.ctx.spool_dir, rid)
                 self.ctx.writer.record(ledger_facts.RecordingDiscarded(rid))
             case PlayToCaller(file=file):
                 self._api(f"uuid_broadcast {self.facts.uuid} {file} aleg")

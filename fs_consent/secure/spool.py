@@ -66,6 +66,12 @@ def recording_path(spool_dir: Path, recording_id: str) -> Path:
     return spool_dir / f"{check_recording_id(recording_id)}.wav"
 
 
+def remove_plaintext(spool_dir: Path, recording_id: str) -> None:
+    """The one place a recording's plaintext leaves the spool unsealed (withdrawn, refused,
+    discarded, settled by recovery); ``store.recordings.remove_files`` adds the ciphertext."""
+    recording_path(spool_dir, recording_id).unlink(missing_ok=True)
+
+
 @dataclass
 class RecoveryReport:
     sealed: list[str] = field(default_factory=list)  # recording ids
@@ -113,7 +119,7 @@ def recover(
                 seal(entry, recording_id)
                 report.sealed.append(recording_id)
             elif decision == "delete":
-                entry.unlink()
+                remove_plaintext(spool_dir, recording_id)
                 fsync_dir(spool_dir)
                 report.deleted.append(recording_id)
             else:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from ..secure.spool import recording_path
+from ..secure.spool import remove_plaintext
 from . import audit_actions, holds, ledger
 from .ledger import DELETED, FAILED, RECORDING, SEALED, Recording
 
@@ -64,7 +64,7 @@ def remove_files(recording_id: str, vault, spool_dir: Path | None, *, sync: bool
     """Every byte of a recording: its plaintext in the spool (``spool_dir`` None: known gone)
     and its ciphertext in the store. ``sync``/``tmp``: see ``Vault.delete``."""
     if spool_dir is not None:
-        recording_path(spool_dir, recording_id).unlink(missing_ok=True)
+        remove_plaintext(spool_dir, recording_id)
     vault.delete(recording_id, sync=sync, tmp=tmp)
 
 
