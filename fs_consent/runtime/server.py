@@ -522,7 +522,7 @@ class ConsentServer:
         sys.setswitchinterval(GIL_SWITCH_S)
         self.ctx.open()
         audit.record_startup(self.config)  # server.start, then configuration and key changes since the last start
-        nodes.register(self.ctx.node, version=__version__, signing_key=audit.signing_key_of(self.config))
+        run_started = nodes.register(self.ctx.node, version=__version__, signing_key=audit.signing_key_of(self.config))
         report = self.ctx.recover_spool()
         if report.sealed or report.deleted or report.deferred:
             log.info("spool recovery: sealed=%d deleted=%d still being written=%d", len(report.sealed),
@@ -548,7 +548,7 @@ class ConsentServer:
             self._sweeper = gevent.spawn(self.ctx.sweep_deferred, report.deferred)
         self.checkpointer = audit.Checkpointer.from_config(self.ctx.writer, self.config)
         self.checkpointer.start()  # a startup checkpoint signs the start record and what recovery wrote
-        self.heartbeat = nodes.Heartbeat(self.ctx.writer, self.ctx.node).start()
+        self.heartbeat = nodes.Heartbeat(self.ctx.writer, self.ctx.node, run_started).start()
 
     def _allowed(self, host: str) -> bool:
         try:

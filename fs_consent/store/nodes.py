@@ -27,23 +27,29 @@ _UPSERT = ("INSERT INTO node (name, version, started_at, last_seen, signing_key,
            "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
            "started_at = excluded.started_at, last_seen = excluded.last_seen, "
            "signing_key = excluded.signing_key, stopped_at = NULL")
-_SEEN = "UPDATE node SET last_seen = ? WHERE name = ?"
-_STOPPED = "UPDATE node SET last_seen = ?, stopped_at = ? WHERE name = ?"
+# a run is its row's ``started_at``: a heartbeat or stop touches the row only while it is still this run's
+_SEEN = "UPDATE node SET last_seen = ? WHERE name = ? AND started_at = ?"
+_STOPPED = "UPDATE node SET last_seen = ?, stopped_at = ? WHERE name = ? AND started_at = ?"
 
 
-def register(name: str, *, version: str, signing_key: str | None, at: dt.datetime | None = None) -> None:
-    """This node starts: its row, made or renewed (a node renamed in the config gets a new row)."""
+def register(name: str, *, version: str, signing_key: str | None, at: dt.datetime | None = None) -> dt.datetime:
+    """This node starts: its row, made or renewed (a node renamed in the config gets a new row).
+    Returns the run's start, which :func:`seen` and :func:`stopped` name it by."""
     at = at or ledger.utcnow()
     ledger.sql(_UPSERT, (name, version, at, at, signing_key))
+    return at
 
 
-def seen(name: str, at: dt.datetime | None = None) -> None:
-    ledger.sql(_SEEN, (at or ledger.utcnow(), name))
+def seen(name: str, started_at: dt.datetime, at: dt.datetime | None = None) -> bool:
+    """This run is alive; False when the row is no longer this run's: another server has
+    started under the same name since (two servers given one ``[server] node``)."""
+    return ledger.sql(_SEEN, (at or ledger.utcnow(), name, started_at)).rowcount == 1
 
 
-def stopped(name: str, at: dt.datetime | None = None) -> None:
+def stopped(name: str, started_at: dt.datetime, at: dt.datetime | None = None) -> None:
+    """A clean stop of this run (another server's run under the same name is left running)."""
     at = at or ledger.utcnow()
-    ledger.sql(_STOPPED, (at, at, name))
+    ledger.sql(_STOPPED, (at, at, name, started_at))
 
 
 def all_nodes() -> list[Node]:
@@ -83,10 +89,16 @@ def describe(node: Node, now: dt.datetime | None = None) -> str:
 
 class Heartbeat:
     """The server's sign of life: ``last_seen`` every ``every`` seconds, through its writer
-    (so a slow database never stalls a call), and ``stopped_at`` at a clean stop."""
+    (so a slow database never stalls a call), and ``stopped_at`` at a clean stop.
 
-    def __init__(self, writer, name: str, *, every: float = HEARTBEAT_S):
-        self.writer, self.name, self.every = writer, name, every
+    A beat that finds the row taken by another run (a second server started with this node's
+    name) logs an error, once: the two would settle each other's calls as their own after a
+    restart but for the bus, and ``check`` shows only the last to start.
+    """
+
+    def __init__(self, writer, name: str, started_at: dt.datetime, *, every: float = HEARTBEAT_S):
+        self.writer, self.name, self.started_at, self.every = writer, name, started_at, every
+        self.shared = False  # another server runs under this name
         self._greenlet = None
 
     def start(self) -> Heartbeat:
@@ -96,11 +108,19 @@ class Heartbeat:
     def _run(self) -> None:
         while True:
             gevent.sleep(self.every)
-            self.writer.submit(lambda: seen(self.name))
+            self.writer.submit(self._beat)
+
+    def _beat(self) -> None:
+        if seen(self.name, self.started_at) or self.shared:
+            return
+        self.shared = True
+        log.error("node %s: another server has started under this node name since this one did "
+                  "(two servers with one [server] node): give each its own name; until then `check` "
+                  "shows only the last one to start", self.name)
 
     def stop(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill()
             self._greenlet = None
-            self.writer.submit(lambda: stopped(self.name))
+            self.writer.submit(lambda: stopped(self.name, self.started_at))
             self.writer.flush()
