@@ -54,3 +54,31 @@ def test_a_question_reaches_every_node_and_the_answer_names_the_node(database):
         assert [m["op"] for m in heard] == ["withdraw"]
     finally:
         bus.stop()
+
+
+@needs_postgresql
+def test_a_bus_whose_connections_are_terminated_listens_again_and_answers(database, caplog):
+    import psycopg
+
+    heard: list = []
+    bus = answering_bus(database.url, heard)
+    bus.start()
+    try:
+        assert ask(database.url, {"op": "withdraw", "call_uuid": "before"})["echo"] == "before"
+        with psycopg.connect(database.url, autocommit=True) as admin:  # a restart or failover of PostgreSQL, for real
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+        assert len(ended) >= 2  # the bus's listener and its sender
+        with gevent.Timeout(10, AssertionError("the bus never noticed its lost connection")):
+            while bus.connected:
+                gevent.sleep(0.02)
+        with gevent.Timeout(10, AssertionError("the bus never listened again")):
+            while not bus.connected:
+                gevent.sleep(0.02)
+        # its answer goes out through the sender, whose connection was cut off too: it reconnects for it
+        assert ask(database.url, {"op": "withdraw", "call_uuid": "after"})["echo"] == "after"
+    finally:
+        bus.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "fs_consent.runtime.cluster"]
+    assert any("lost the ledger's database" in m for m in said) and any("listening again" in m for m in said), said
+    assert [m["call_uuid"] for m in heard] == ["before", "after"]
