@@ -121,3 +121,17 @@ def test_the_facts_survive_the_journal():
     assert (type(back), back.staff_sealed, back.to_json()) == (f.StaffBridged, b"\x01sealed", fact.to_json())
     for other in (f.StaffUnbridged("inst", 2, f._at("2026-03-02T09:01:00")), f.CallRouted("inst", "q")):
         assert f.from_json(other.to_json()).to_json() == other.to_json()
+
+
+def test_a_real_freeswitch_bridge_names_the_extension_dialed_not_loopbacks_context(captures_dir):
+    """Capture s18 (FreeSWITCH 1.10.12, a transfer into a bridge to extension ``staff``): its
+    CHANNEL_BRIDGE and CHANNEL_UNBRIDGE, as the wire carried them, name the member of staff."""
+    from fs_consent import esl
+
+    wire = captures_dir / "s18_transfer_to_bridge.outbound.rx.bin"
+    events = [m.event() for m in esl.FrameParser().feed(wire.read_bytes()) if m.content_type == "text/event-plain"]
+    (bridged,) = [e for e in events if e.name == "CHANNEL_BRIDGE"]
+    assert bridged.get("Other-Leg-Callee-ID-Number") == "default"  # loopback's context: nobody
+    assert driver.staff_of(bridged, "") == "staff"  # the extension the bridge dialed
+    assert driver.staff_of(bridged, "cc_agent") is None  # a variable the menu did not set names nobody
+    assert [e.name for e in events].count("CHANNEL_UNBRIDGE") == 1
